@@ -1,0 +1,1 @@
+"""tvmq: Keras -> TVM Relax -> int8 pipeline."""

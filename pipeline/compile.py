@@ -1,0 +1,94 @@
+"""Compile a Relax module for a target and export it with a manifest plain TVM can run.
+
+The exported folder holds `model.so` (`export_library`), `model.params` and `manifest.json`;
+`manifest.json` names inputs, weights (in call order) and outputs with shapes and dtypes, so
+`tvm.runtime.load_module` + `relax.VirtualMachine` run it without tvmq (see README).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .atomic import write_json
+from .relax_import import op_counts
+from .relax_io import ENTRY, num_inputs, save_params, weight_params
+
+LIBRARY_FILE = "model.so"
+MANIFEST_FILE = "manifest.json"
+
+
+def make_target(target_cfg: dict) -> tvm.target.Target:
+    """A TVM 0.27 target from the `target` params section (JSON-dict form)."""
+    spec = {"kind": target_cfg["kind"]}
+    if target_cfg.get("mcpu"):
+        spec["mcpu"] = target_cfg["mcpu"]
+    return tvm.target.Target(spec)
+
+
+def _tensor_spec(name: str, ty) -> dict:
+    return {"name": name, "shape": [int(d) for d in ty.shape], "dtype": str(ty.dtype)}
+
+
+def op_list(mod: tvm.IRModule) -> list[dict]:
+    """Every op call in `main`, in program order, with its output shape and dtype."""
+    calls = []
+
+    @relax.expr_functor.visitor
+    class Lister(relax.PyExprVisitor):
+        def visit_var_binding_(self, binding):
+            value = binding.value
+            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+                ty = binding.var.ty
+                entry = {"op": value.op.name, "out": binding.var.name}
+                if isinstance(ty, relax.TensorType):
+                    entry.update(shape=[int(d) for d in ty.shape], dtype=str(ty.dtype))
+                calls.append(entry)
+
+    Lister().visit_expr(mod[ENTRY])
+    return calls
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target):
+    """relax's default pipeline (legalize, fuse, lower) and codegen for `target`."""
+    return tvm.compile(mod, target)
+
+
+def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], target_cfg: dict,
+           variant: str) -> dict:
+    """Build `mod` and write model.so, model.params and manifest.json into `folder`.
+
+    Call it on a fresh folder (the stage's `atomic_dir`), so a failed build leaves nothing.
+    """
+    folder = Path(folder)
+    target = make_target(target_cfg)
+    start = time.perf_counter()
+    executable = build(mod, target)
+    build_seconds = time.perf_counter() - start
+    executable.export_library(str(folder / LIBRARY_FILE))
+    save_params(folder / "model.params", weights)
+    func = mod[ENTRY]
+    n_in = num_inputs(mod)
+    manifest = {
+        "variant": variant,
+        "entry": ENTRY,
+        "library": LIBRARY_FILE,
+        "params_file": "model.params",
+        "target": str(target),
+        "target_config": target_cfg,
+        "tvm_version": tvm.__version__,
+        "inputs": [_tensor_spec(p.name, p.ty) for p in func.params[:n_in]],
+        "params": [_tensor_spec(p.name, p.ty) for p in weight_params(mod)],
+        "outputs": [_tensor_spec("logits", func.ret_ty)],
+        "op_counts": op_counts(mod),
+        "ops": op_list(mod),
+        "build_seconds": round(build_seconds, 2),
+        "how_to_run": "lib = tvm.runtime.load_module(library); vm = relax.VirtualMachine(lib, "
+                      "tvm.cpu()); p = tvm.runtime.load_param_dict(open(params_file,'rb').read()); "
+                      "vm[entry](x, *[p[q['name']] for q in params])",
+    }
+    write_json(folder / MANIFEST_FILE, manifest)
+    return manifest

@@ -1,0 +1,87 @@
+"""Load an exported build folder with plain TVM runtime APIs and run or time it."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TvmqError
+
+
+def set_threads(threads: int) -> int:
+    """Fix TVM's runtime thread count (0 = all cores) before any kernel runs.
+
+    Unset, TVM uses half the hardware threads (1 thread on a 2-core machine).
+    """
+    threads = int(threads) or (os.cpu_count() or 1)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(0, threads)
+    return threads
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((l for l in text.splitlines() if l.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def check_host_supports(target_cfg: dict) -> None:
+    """Refuse to run code built for CPU features this machine lacks (it would crash: SIGILL)."""
+    flags = cpu_flags()
+    missing = [f for f in target_cfg.get("requires") or [] if flags and f not in flags]
+    if missing:
+        raise TvmqError(f"target '{target_cfg['name']}' needs CPU features {missing} that this "
+                        "machine lacks; rerun with a generic target: "
+                        "`dvc exp run -S target=llvm`.")
+
+
+class Runner:
+    """A built variant: `run(x)` returns logits; `time(x, ...)` uses TVM's time evaluator."""
+
+    def __init__(self, folder: Path):
+        import tvm
+        from tvm import relax
+
+        folder = Path(folder)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise TvmqError(f"{manifest_path} is missing: run the build stage (`dvc repro`).")
+        self.manifest = json.loads(manifest_path.read_text())
+        check_host_supports(self.manifest["target_config"])
+        self.device = tvm.cpu()
+        lib = tvm.runtime.load_module(str(folder / self.manifest["library"]))
+        self.vm = relax.VirtualMachine(lib, self.device)
+        params = tvm.runtime.load_param_dict((folder / self.manifest["params_file"]).read_bytes())
+        self.weights = [params[p["name"]] for p in self.manifest["params"]]
+        self.input_spec = self.manifest["inputs"][0]
+        self.entry = self.manifest["entry"]
+
+    def _args(self, x: np.ndarray) -> list:
+        import tvm
+
+        x = np.ascontiguousarray(x, dtype=self.input_spec["dtype"])
+        if list(x.shape) != self.input_spec["shape"]:
+            raise TvmqError(f"input shape {list(x.shape)} != built shape {self.input_spec['shape']}")
+        return [tvm.runtime.tensor(x, self.device)] + self.weights
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.vm[self.entry](*self._args(x)).numpy()
+
+    def run_batch(self, xs: np.ndarray) -> np.ndarray:
+        """Logits for each row of `xs` (the built model takes batch 1)."""
+        return np.concatenate([self.run(x[None]) for x in xs])
+
+    def time(self, x: np.ndarray, warmup: int, repeat: int, number: int) -> np.ndarray:
+        """Seconds per call for each of `repeat` timed runs (after `warmup` untimed calls)."""
+        args = self._args(x)
+        for _ in range(warmup):
+            self.vm[self.entry](*args)
+        timer = self.vm.time_evaluator(self.entry, self.device, number=number, repeat=repeat)
+        return np.asarray(timer(*args).results)

@@ -1,0 +1,1 @@
+"""DVC stage entry points: `python -m pipeline.stages.<stage>`; thin wrappers over the library."""

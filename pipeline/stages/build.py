@@ -1,0 +1,34 @@
+"""Stage 4: compile one variant (fp32 from to_relax, int8 from quantize) for the target.
+
+    python -m pipeline.stages.build fp32|int8
+"""
+from __future__ import annotations
+
+import sys
+
+from .. import params
+from ..atomic import atomic_dir
+from ..compile import export
+from ..errors import TvmqError, cli_main
+from ..relax_io import load_relax
+
+SOURCES = {"fp32": "artifacts/relax", "int8": "artifacts/quantize"}
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in SOURCES:
+        raise TvmqError(f"usage: python -m pipeline.stages.build {{{'|'.join(SOURCES)}}}; got {argv}")
+    variant = argv[0]
+    target_cfg = params.load()["target"]
+    mod, weights = load_relax(SOURCES[variant])
+    out_dir = f"artifacts/build/{variant}"
+    print(f"building {variant} for {target_cfg['name']} ...", flush=True)
+    with atomic_dir(out_dir) as out:
+        manifest = export(out, mod, weights, target_cfg, variant)
+    print(f"{out_dir}: {manifest['target']} in {manifest['build_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
