@@ -1,0 +1,1 @@
+"""Model builders (Keras) and their weight readers."""

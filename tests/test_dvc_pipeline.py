@@ -1,0 +1,157 @@
+"""The DVC pipeline end to end on the tiny model, in a temporary git repo.
+
+Checks what users rely on: a second `dvc repro` reruns nothing, and a params change makes
+exactly the dependent stages stale. Also runs a build with plain TVM + its manifest only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PROJECT_FILES = ["pipeline", "conf", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+TINY = ["model=tiny_cnn", "dataset.calibration_size=16", "dataset.evaluation_size=24",
+        "measure.repeat=3"]
+
+
+def _env() -> dict:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONPATH="")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def compose(repo: Path, *overrides: str) -> None:
+    sh(repo, sys.executable, "-m", "pipeline.params", *overrides)
+
+
+def stale_stages(repo: Path) -> set[str]:
+    return set(json.loads(sh(repo, "dvc", "status", "--json").stdout or "{}"))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("tvmq")
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, repo / name)
+    sh(repo, "git", "init", "-q")
+    compose(repo, *TINY)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+    sh(repo, "dvc", "repro")
+    return repo
+
+
+def test_second_repro_reruns_nothing(repo):
+    assert stale_stages(repo) == set()
+    out = sh(repo, "dvc", "repro").stdout
+    assert "Running stage" not in out, out
+
+
+def test_measure_param_change_reruns_only_measure(repo):
+    compose(repo, *TINY[:-1], "measure.repeat=4")
+    try:
+        assert stale_stages(repo) == {"measure"}
+    finally:
+        compose(repo, *TINY)
+    assert stale_stages(repo) == set()
+
+
+def ran_stages(repo: Path) -> set[str]:
+    """Stages `dvc repro` executed or restored from the run cache (not skipped as unchanged)."""
+    out = sh(repo, "dvc", "repro").stdout
+    return set(re.findall(r"Running stage '([^']+)'", out) + re.findall(r"Stage '([^']+)' is cached", out))
+
+
+def test_target_change_reruns_build_evaluate_measure(repo):
+    compose(repo, *TINY, "target=llvm")
+    try:
+        assert stale_stages(repo) == {"build@fp32"}  # downstream stages go stale as it reruns
+        ran = ran_stages(repo)
+    finally:
+        compose(repo, *TINY)
+    assert {s.split("@")[0] for s in ran} == {"build", "evaluate", "measure"}, ran
+    assert ran_stages(repo) == ran  # back to the committed params: restored from the run cache
+
+
+def test_metrics_are_numeric_and_complete(repo):
+    evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
+    measure = json.loads((repo / "metrics/measure.json").read_text())
+    assert evaluate["fp32"]["agreement_top1"] == 1.0
+    assert evaluate["fp32"]["evaluation_count"] == 24
+    assert evaluate["keras"]["labelled_count"] == 20
+    assert measure["fp32"]["latency_ms_median"] > 0 and measure["keras"]["latency_ms_median"] > 0
+    assert measure["sizes"]["fp32_params_bytes"] > 0
+    shown = sh(repo, "dvc", "metrics", "show", "--json").stdout
+    assert "agreement_top1" in shown and "latency_ms_median" in shown
+
+    def numeric(node):
+        if isinstance(node, dict):
+            return all(numeric(v) for v in node.values())
+        return isinstance(node, (int, float)) and not isinstance(node, bool)
+
+    assert numeric(evaluate) and numeric(measure)
+    run = json.loads((repo / "artifacts/measure/run.json").read_text())
+    assert run["threads"] == measure["threads"] and "llvm" in run["target"]
+
+
+def test_artifacts_are_written(repo):
+    relax = repo / "artifacts/relax"
+    assert (relax / "model.py").read_text().startswith("# from tvm.script")
+    summary = json.loads((relax / "summary.json").read_text())
+    assert summary["import_check"]["max_abs_logit_diff"] <= summary["import_check"]["tolerance"]
+    card = json.loads((repo / "artifacts/keras/card.json").read_text())
+    assert card["input_shape"] == [32, 32, 3] and card["parameter_count"] > 0
+    chelsea = json.loads((repo / "artifacts/evaluate/chelsea.json").read_text())
+    assert len(chelsea["fp32"]) == 5 and chelsea["fp32"] == chelsea["keras"]
+    assert not list(repo.glob("artifacts/**/*.tmp"))
+
+
+def test_build_runs_with_plain_tvm_and_the_manifest(repo):
+    """The exported build needs only tvm.runtime + manifest.json, not the tvmq package."""
+    script = """
+import json, numpy as np, tvm
+from tvm import relax
+m = json.load(open('manifest.json'))
+lib = tvm.runtime.load_module(m['library'])
+vm = relax.VirtualMachine(lib, tvm.cpu())
+p = tvm.runtime.load_param_dict(open(m['params_file'], 'rb').read())
+spec = m['inputs'][0]
+x = tvm.runtime.tensor(np.zeros(spec['shape'], spec['dtype']))
+y = vm[m['entry']](x, *[p[q['name']] for q in m['params']]).numpy()
+assert list(y.shape) == m['outputs'][0]['shape'], y.shape
+print('ok', m['target'], len(m['ops']))
+"""
+    out = sh(repo / "artifacts/build/fp32", sys.executable, "-I", "-c", script).stdout
+    assert out.startswith("ok")
+
+
+def test_stage_error_is_one_paragraph_and_exit_2(repo, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(repo / "pipeline", bad / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    params = (repo / "params.yaml").read_text().replace("name: tiny_cnn", "name: no_such_model")
+    (bad / "params.yaml").write_text(params)
+    result = sh(bad, sys.executable, "-m", "pipeline.stages.export_keras", check=False)
+    assert result.returncode == 2
+    assert "unknown model.name='no_such_model'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (bad / "artifacts").exists()
