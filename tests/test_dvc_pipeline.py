@@ -93,11 +93,24 @@ def test_target_change_reruns_build_evaluate_measure(repo):
     assert ran_stages(repo) == ran  # back to the committed params: restored from the run cache
 
 
+def test_quantize_change_reruns_only_the_int8_path(repo):
+    compose(repo, *TINY, "quantize=percentile")
+    try:
+        ran = ran_stages(repo)
+    finally:
+        compose(repo, *TINY)
+    assert ran == {"quantize", "build@int8", "evaluate", "measure"}, ran
+    ran_stages(repo)
+
+
 def test_metrics_are_numeric_and_complete(repo):
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
     measure = json.loads((repo / "metrics/measure.json").read_text())
     assert evaluate["fp32"]["agreement_top1"] == 1.0
     assert evaluate["fp32"]["evaluation_count"] == 24
+    assert 0.5 <= evaluate["int8"]["agreement_top1"] <= 1.0
+    assert measure["int8"]["latency_ms_median"] > 0
+    assert measure["sizes"]["int8_params_bytes"] < 0.5 * measure["sizes"]["fp32_params_bytes"]
     assert evaluate["keras"]["labelled_count"] == 20
     assert measure["fp32"]["latency_ms_median"] > 0 and measure["keras"]["latency_ms_median"] > 0
     assert measure["sizes"]["fp32_params_bytes"] > 0
@@ -123,6 +136,10 @@ def test_artifacts_are_written(repo):
     assert card["input_shape"] == [32, 32, 3] and card["parameter_count"] > 0
     chelsea = json.loads((repo / "artifacts/evaluate/chelsea.json").read_text())
     assert len(chelsea["fp32"]) == 5 and chelsea["fp32"] == chelsea["keras"]
+    assert len(chelsea["int8"]) == 5
+    report = json.loads((repo / "artifacts/quantize/report.json").read_text())
+    assert report["summary"]["int8_layers"] >= 4 and report["summary"]["float_layers"] == ["conv2d0"]
+    assert "int8" in (repo / "artifacts/quantize/model.py").read_text()
     assert not list(repo.glob("artifacts/**/*.tmp"))
 
 
