@@ -80,7 +80,7 @@ def fixed_point_multiplier(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Requantize then computes (acc * m0 + 2^(shift-1)) >> shift in int64.
     """
     m = np.asarray(m, np.float64)
-    if np.any(m <= 0) or np.any(m >= 2.0 ** 30):
+    if not np.all((m > 0) & (m < 2.0 ** 30)):  # written so that NaN is rejected too
         raise ValueError(f"requantize multiplier out of range: {m.min()}..{m.max()}")
     mantissa, exponent = np.frexp(m)  # m = mantissa * 2^exponent, mantissa in [0.5, 1)
     m0 = np.round(mantissa * (1 << Q31)).astype(np.int64)

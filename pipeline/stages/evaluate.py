@@ -3,7 +3,8 @@
     python -m pipeline.stages.evaluate fp32 [int8 ...]
 
 Writes metrics/evaluate.json (numeric, for `dvc metrics diff`), artifacts/evaluate/
-predictions.csv (top-5 per image and variant) and artifacts/evaluate/chelsea.json (the
+predictions.csv (top-5 per image and variant), artifacts/evaluate/accuracy.csv (one row per
+variant, fractions: plot data for `dvc plots`) and artifacts/evaluate/chelsea.json (the
 top-5 class names per variant for skimage's chelsea photo).
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ..keras_io import keras_logits, load_keras
 from ..runner import Runner, set_threads
 
 OUT = "artifacts/evaluate"
+ACCURACY_COLUMNS = ["variant", "labelled_top1", "labelled_top5", "agreement_top1",
+                    "top1_in_reference_top5"]
 METRICS = "metrics/evaluate.json"
 CHELSEA = "skimage_chelsea"
 
@@ -71,6 +74,13 @@ def main(argv: list[str] | None = None) -> None:
                 for i, row in enumerate(top5):
                     writer.writerow([image_names[i], "labelled" if i < len(names) else "evaluation",
                                      image_labels[i], engine, row[0], " ".join(map(str, row))])
+        with open(out / "accuracy.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(ACCURACY_COLUMNS)
+            for name in logits:  # keras is the reference: its agreement cells stay empty
+                m, n = metrics[name], metrics[name]["labelled_count"]
+                writer.writerow([name, round(m["labelled_top1"] / n, 4), round(m["labelled_top5"] / n, 4),
+                                 *(round(m[k], 4) if k in m else "" for k in ACCURACY_COLUMNS[3:])])
         write_json(out / "chelsea.json", {engine: [classes[i] for i in topk(cat, 5)[0]]
                                           for engine, (_, _, cat) in logits.items()})
     write_json(METRICS, metrics)
