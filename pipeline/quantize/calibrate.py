@@ -20,11 +20,20 @@ SAMPLES_PER_IMAGE = 512
 KEEP_FULL_IMAGES = 4  # full fp32 tensors kept for per-layer SQNR in the report
 
 
+FORMAT_VERSION = 2  # bump when what `collect` returns changes (joblib caches keyed on it)
+
+
 @dataclass
 class TensorStats:
     minimum: float
     maximum: float
     samples: np.ndarray  # float32, a seeded random subset of all values seen
+    channel_mean: np.ndarray  # mean per channel (axis 1 of NCHW / last axis of (N, K))
+
+
+def _channel_sum(t: np.ndarray) -> np.ndarray:
+    axis = 1 if t.ndim == 4 else t.ndim - 1
+    return t.astype(np.float64).sum(axis=tuple(i for i in range(t.ndim) if i != axis))
 
 
 def activation_bindings(mod: tvm.IRModule) -> list[relax.VarBinding]:
@@ -56,30 +65,38 @@ def collect(mod: tvm.IRModule, weights: dict[str, np.ndarray], inputs: np.ndarra
     weight_args = [tvm.runtime.tensor(weights[p.name]) for p in inst[ENTRY].params[num_inputs(mod):]]
     rng = np.random.default_rng(seed)
     returned = [i for i, b in enumerate(activation_bindings(mod)) if b.var.same_as(mod[ENTRY].body.body)]
-    lows, highs, samples, full, logits = None, None, None, [], []
+    lows, highs, samples, sums, full, logits = None, None, None, None, [], []
     for i, x in enumerate(tqdm(inputs, desc="calibrating", unit="img", mininterval=5)):
         outs = [t.numpy() for t in vm[ENTRY](tvm.runtime.tensor(x[None]), *weight_args)]
         if lows is None:
             lows = [np.inf] * len(outs)
             highs = [-np.inf] * len(outs)
             samples = [[] for _ in outs]
+            sums = [np.zeros_like(_channel_sum(t)) for t in outs]
+            per_image = [t.size // s.size for t, s in zip(outs, sums)]  # values per channel
         for j, t in enumerate(outs):
             flat = t.reshape(-1)
             lows[j] = min(lows[j], float(flat.min()))
             highs[j] = max(highs[j], float(flat.max()))
             take = rng.integers(0, flat.size, min(SAMPLES_PER_IMAGE, flat.size))
             samples[j].append(flat[take])
+            sums[j] += _channel_sum(t)
         if i < KEEP_FULL_IMAGES:
             full.append(outs)
         logits.append(outs[returned[0]][0] if returned else np.zeros(0))
-    stats = [TensorStats(lo, hi, np.concatenate(s).astype(np.float32))
-             for lo, hi, s in zip(lows, highs, samples)]
+    stats = [TensorStats(lo, hi, np.concatenate(s).astype(np.float32), c / (n * len(inputs)))
+             for lo, hi, s, c, n in zip(lows, highs, samples, sums, per_image)]
     return stats, full, np.stack(logits)
 
 
 def _kl_threshold(values: np.ndarray, amax: float, levels: int, bins: int = 2048) -> float:
     """TensorRT's entropy calibration: the |x| clip threshold minimising KL(P || Q)."""
-    hist, edges = np.histogram(np.abs(values), bins=bins, range=(0.0, amax))
+    # Exact zeros (ReLU's) are represented exactly at the zero point; left in, their spike
+    # makes the smallest threshold look best and clips the whole tensor.
+    magnitudes = np.abs(values[values != 0])
+    if magnitudes.size == 0:
+        return amax
+    hist, edges = np.histogram(magnitudes, bins=bins, range=(0.0, amax))
     hist = hist.astype(np.float64)
     best, best_kl = amax, np.inf
     for i in range(levels, bins + 1, 8):

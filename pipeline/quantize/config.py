@@ -25,6 +25,8 @@ class QConfig:
     skip_conv_layers: indices of conv2d layers (in program order) kept in float32.
     skip_dense_layer: keep the final dense/matmul layers in float32.
     rounding: upward (add half, then shift) | tonearest (half away from zero).
+    bias_correction: subtract the mean output error that weight rounding causes (from the
+        calibration inputs' per-channel means) from each layer's bias.
     accuracy_budget: max drop of top-1 agreement with fp32 on the calibration set (e.g. 0.01);
         layers are put back to float32, most sensitive first, until it holds. None = off.
     """
@@ -39,6 +41,7 @@ class QConfig:
     skip_conv_layers: tuple[int, ...] = (0,)
     skip_dense_layer: bool = False
     rounding: str = "upward"
+    bias_correction: bool = True
     accuracy_budget: float | None = None
     max_float_layers: int = 8
 

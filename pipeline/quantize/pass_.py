@@ -41,13 +41,13 @@ def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
-def _realize(mod, weights, ranges, cfg, float_units, probes=False):
-    return Realizer(mod, weights, ranges, cfg, float_units, probes).run()
+def channel_means_for(mod: tvm.IRModule, stats) -> dict:
+    return {b.var: s.channel_mean for b, s in zip(activation_bindings(mod), stats)}
 
 
-def layer_sqnr(mod, weights, ranges, cfg, float_units, calibration, full) -> dict[str, float]:
+def layer_sqnr(make_realizer, mod, calibration, full) -> dict[str, float]:
     """SQNR (dB) of each quantized layer's output vs fp32 on the first calibration images."""
-    realizer = Realizer(mod, weights, ranges, cfg, float_units, probes=True)
+    realizer = make_realizer(probes=True)
     probe_mod, probe_w, _ = realizer.run()
     names = [(name, var) for name, var, _ in realizer.probe_vars]
     position = {b.var: i for i, b in enumerate(activation_bindings(mod))}
@@ -76,13 +76,18 @@ def quantize_with_report(mod: tvm.IRModule, params: dict[str, np.ndarray], calib
     cfg = cfg or current_qconfig()
     stats, full, fp32_logits = stats or collect(mod, params, calibration)
     ranges = ranges_for(mod, stats, cfg)
+    means = channel_means_for(mod, stats)
     float_units = default_float_units(mod, cfg)
+
+    def make_realizer(probes=False):
+        return Realizer(mod, params, ranges, cfg, float_units, probes, means)
+
     summary = {"calibration_images": int(len(calibration))}
-    sqnr = layer_sqnr(mod, params, ranges, cfg, float_units, calibration, full)
+    sqnr = layer_sqnr(make_realizer, mod, calibration, full)
     if cfg.accuracy_budget is not None:
         reference = fp32_logits.argmax(axis=1)
         for step in range(cfg.max_float_layers + 1):
-            qmod, qparams, _ = _realize(mod, params, ranges, cfg, float_units)
+            qmod, qparams, _ = make_realizer().run()
             vm = _vm(qmod)
             args = [tvm.runtime.tensor(qparams[p.name]) for p in qmod[ENTRY].params[num_inputs(qmod):]]
             agree = float(np.mean(top1(vm, args, calibration, f"budget check {step}") == reference))
@@ -97,7 +102,7 @@ def quantize_with_report(mod: tvm.IRModule, params: dict[str, np.ndarray], calib
             float_units[worst] = (f"accuracy_budget: lowest SQNR ({candidates[worst]:.1f} dB) while "
                                   f"agreement was {agree:.3f}")
         summary["calibration_agreement_top1"] = agree
-    qmod, qparams, records = _realize(mod, params, ranges, cfg, float_units)
+    qmod, qparams, records = make_realizer().run()
     for rec in records:
         rec.sqnr_db = None if rec.name not in sqnr else round(float(sqnr[rec.name]), 3)
         if rec.kept_float:

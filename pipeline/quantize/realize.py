@@ -64,13 +64,15 @@ class LayerRecord:
 class Realizer:
     """Walks `main`'s bindings once, emitting the int8 graph with a BlockBuilder."""
 
-    def __init__(self, mod: tvm.IRModule, weights: dict[str, np.ndarray],
-                 ranges: dict, cfg: QConfig, float_units: dict[str, str], probes: bool = False):
+    def __init__(self, mod: tvm.IRModule, weights: dict[str, np.ndarray], ranges: dict,
+                 cfg: QConfig, float_units: dict[str, str], probes: bool = False,
+                 channel_means: dict | None = None):
         self.func = mod[ENTRY]
         self.n_in = num_inputs(mod)
         self.weights = weights
         self.weight_vars = set(self.func.params[self.n_in:])
         self.ranges, self.cfg, self.float_units, self.probes = ranges, cfg, float_units, probes
+        self.channel_means = channel_means or {}
         self.bindings = list(self.func.body.blocks[0].bindings)
         self.units = find_units(self.func, self.weight_vars)
         self.unit_of_head = {u.members[0]: u for u in self.units}
@@ -251,6 +253,10 @@ def realize_unit(r: Realizer, u: Unit) -> None:
         # just enough (TFLite does the same), which costs that channel nothing.
         sw = np.maximum(sw, np.abs(bias) / (qx.scale * 2.0 ** 30))
     wq = quantize_weight(w, sw, axis, cfg.nbit_weight)
+    if cfg.bias_correction and u.data in r.channel_means:
+        shift = weight_error_shift(u, w, wq, sw, r.channel_means[u.data])
+        bias = -shift if bias is None else bias - shift
+        record.extra["bias_correction_max"] = float(np.abs(shift).max())
     if u.kind == "conv2d":
         attrs = _conv_attrs(u.call)
         if any(attrs["padding"]) and qx.zero_point:
@@ -292,6 +298,22 @@ def realize_unit(r: Realizer, u: Unit) -> None:
         r.floats[u.out] = f
     record.range_lo, record.range_hi = (float(v) for v in r.ranges[u.out])
     r.probe_vars.append((u.name, u.out, None))
+
+
+def weight_error_shift(u: Unit, w, wq, sw, input_mean) -> np.ndarray:
+    """Mean output shift caused by weight rounding: sum(w_q * s - w) * E[x] per output channel.
+
+    Subtracting it from the bias is analytic bias correction (Nagel et al., "Data-Free
+    Quantization", 2019); it matters for depthwise layers with few weights per channel.
+    """
+    if u.kind == "dense":
+        error = wq.astype(np.float64) * sw[None, :] - w
+        return error.T @ input_mean
+    error = (wq.astype(np.float64) * sw[:, None, None, None] - w).sum(axis=(2, 3))  # (O, I/g)
+    out_per_group = w.shape[0] // int(u.call.attrs.groups)
+    group = np.arange(w.shape[0]) // out_per_group
+    index = group[:, None] * w.shape[1] + np.arange(w.shape[1])[None, :]
+    return (error * input_mean[index]).sum(axis=1)
 
 
 INT8_PASSTHROUGH = ("relax.nn.max_pool2d", "relax.permute_dims", "relax.reshape", "relax.clip",

@@ -18,7 +18,7 @@ from .. import data, params
 from ..atomic import atomic_dir, write_json
 from ..errors import cli_main
 from ..quantize import QConfig, quantize_with_report
-from ..quantize.calibrate import collect
+from ..quantize.calibrate import FORMAT_VERSION, collect
 from ..relax_io import PARAMS_FILE, SCRIPT_FILE, load_relax, save_relax
 
 SOURCE = "artifacts/relax"
@@ -26,7 +26,7 @@ OUT = "artifacts/quantize"
 CACHE = ".cache/calibration"
 
 
-def _calibrate(digest: str, dataset_cfg: dict, model_cfg: dict):
+def _calibrate(digest: str, dataset_cfg: dict, model_cfg: dict, version: int = FORMAT_VERSION):
     """Collect calibration statistics (digest identifies the fp32 module; cached by joblib)."""
     mod, weights = load_relax(SOURCE)
     calibration, _ = data.crop_sets(dataset_cfg)
