@@ -26,3 +26,15 @@ def run_relax(tmp_path):
         return Runner(folder).run_batch(x)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """The project in a temporary git repo (`<tmp>/tvmq`), tiny params, after one `dvc repro`.
+
+    Shared by test_plots and test_remote (one pipeline run); the folder next to it is where the
+    committed default remote (`../tvmq-dvc-remote` from the repo) resolves.
+    """
+    from dvc_repo import tiny_repo
+
+    return tiny_repo(tmp_path_factory.mktemp("shared") / "tvmq")

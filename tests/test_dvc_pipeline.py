@@ -6,59 +6,18 @@ exactly the dependent stages stale. Also runs a build with plain TVM + its manif
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-
-PROJECT_FILES = ["pipeline", "conf", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
-TINY = ["model=tiny_cnn", "dataset.calibration_size=16", "dataset.evaluation_size=24",
-        "measure.repeat=3"]
-
-
-def _env() -> dict:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONPATH="")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
-def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def compose(repo: Path, *overrides: str) -> None:
-    sh(repo, sys.executable, "-m", "pipeline.params", *overrides)
-
-
-def stale_stages(repo: Path) -> set[str]:
-    return set(json.loads(sh(repo, "dvc", "status", "--json").stdout or "{}"))
+from dvc_repo import compose, ran_stages, sh, stale_stages, tiny_repo
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("tvmq")
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, repo / name)
-    sh(repo, "git", "init", "-q")
-    compose(repo, *TINY)
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
-    sh(repo, "dvc", "repro")
-    return repo
+    return tiny_repo(tmp_path_factory.mktemp("tvmq"))
 
 
 def test_second_repro_reruns_nothing(repo):
@@ -68,39 +27,38 @@ def test_second_repro_reruns_nothing(repo):
 
 
 def test_measure_param_change_reruns_only_measure(repo):
-    compose(repo, *TINY[:-1], "measure.repeat=4")
+    compose(repo, "measure.repeat=4")
     try:
         assert stale_stages(repo) == {"measure"}
     finally:
-        compose(repo, *TINY)
+        compose(repo)
     assert stale_stages(repo) == set()
 
 
-def ran_stages(repo: Path) -> set[str]:
-    """Stages `dvc repro` executed or restored from the run cache (not skipped as unchanged)."""
-    out = sh(repo, "dvc", "repro").stdout
-    return set(re.findall(r"Running stage '([^']+)'", out) + re.findall(r"Stage '([^']+)' is cached", out))
+def repro(repo: Path) -> set[str]:
+    """`dvc repro`; the stages it executed or restored from the run cache."""
+    return ran_stages(sh(repo, "dvc", "repro").stdout)
 
 
 def test_target_change_reruns_build_evaluate_measure(repo):
-    compose(repo, *TINY, "target=llvm")
+    compose(repo, "target=llvm")
     try:
         assert stale_stages(repo) == {"build@fp32", "build@int8"}  # downstream: stale as they rerun
-        ran = ran_stages(repo)
+        ran = repro(repo)
     finally:
-        compose(repo, *TINY)
+        compose(repo)
     assert {s.split("@")[0] for s in ran} == {"build", "evaluate", "measure"}, ran
-    assert ran_stages(repo) == ran  # back to the committed params: restored from the run cache
+    assert repro(repo) == ran  # back to the committed params: restored from the run cache
 
 
 def test_quantize_change_reruns_only_the_int8_path(repo):
-    compose(repo, *TINY, "quantize=percentile")
+    compose(repo, "quantize=percentile")
     try:
-        ran = ran_stages(repo)
+        ran = repro(repo)
     finally:
-        compose(repo, *TINY)
+        compose(repo)
     assert ran == {"quantize", "build@int8", "evaluate", "measure"}, ran
-    ran_stages(repo)
+    repro(repo)
 
 
 def test_metrics_are_numeric_and_complete(repo):

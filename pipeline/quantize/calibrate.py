@@ -20,7 +20,7 @@ SAMPLES_PER_IMAGE = 512
 KEEP_FULL_IMAGES = 4  # full fp32 tensors kept for per-layer SQNR in the report
 
 
-FORMAT_VERSION = 2  # bump when what `collect` returns changes (joblib caches keyed on it)
+FORMAT_VERSION = 3  # bump when what `collect` returns changes (joblib caches keyed on it)
 
 
 @dataclass
@@ -36,11 +36,16 @@ def _channel_sum(t: np.ndarray) -> np.ndarray:
     return t.astype(np.float64).sum(axis=tuple(i for i in range(t.ndim) if i != axis))
 
 
-def activation_bindings(mod: tvm.IRModule) -> list[relax.VarBinding]:
-    """The float32 tensor bindings of `main`, in program order (the calibration points)."""
-    block = mod[ENTRY].body.blocks[0]
-    return [b for b in block.bindings if isinstance(b.var.ty, relax.TensorType)
-            and b.var.ty.dtype == "float32" and b.var.ty.ndim >= 1]
+def activation_vars(mod: tvm.IRModule) -> list[relax.Var]:
+    """The calibration points of `main`: its float32 inputs, then every float32 tensor binding,
+    in program order."""
+    func = mod[ENTRY]
+
+    def is_float_tensor(var):
+        return isinstance(var.ty, relax.TensorType) and var.ty.dtype == "float32" and var.ty.ndim >= 1
+
+    inputs = [p for p in func.params[:num_inputs(mod)] if is_float_tensor(p)]
+    return inputs + [b.var for b in func.body.blocks[0].bindings if is_float_tensor(b.var)]
 
 
 def instrument(mod: tvm.IRModule) -> tvm.IRModule:
@@ -48,7 +53,7 @@ def instrument(mod: tvm.IRModule) -> tvm.IRModule:
     mod = relax.transform.ToNonDataflow()(mod)
     func = mod[ENTRY]
     block = func.body.blocks[0]
-    wanted = [b.var for b in activation_bindings(mod)]
+    wanted = activation_vars(mod)
     out = relax.Var("instrumented", relax.TupleType([v.ty for v in wanted]))
     bindings = list(block.bindings) + [relax.VarBinding(out, relax.Tuple(wanted))]
     body = relax.SeqExpr([relax.BindingBlock(bindings)], out)
@@ -64,7 +69,7 @@ def collect(mod: tvm.IRModule, weights: dict[str, np.ndarray], inputs: np.ndarra
     vm = relax.VirtualMachine(executable, tvm.cpu())
     weight_args = [tvm.runtime.tensor(weights[p.name]) for p in inst[ENTRY].params[num_inputs(mod):]]
     rng = np.random.default_rng(seed)
-    returned = [i for i, b in enumerate(activation_bindings(mod)) if b.var.same_as(mod[ENTRY].body.body)]
+    returned = [i for i, v in enumerate(activation_vars(mod)) if v.same_as(mod[ENTRY].body.body)]
     lows, highs, samples, sums, full, logits = None, None, None, None, [], []
     for i, x in enumerate(tqdm(inputs, desc="calibrating", unit="img", mininterval=5)):
         outs = [t.numpy() for t in vm[ENTRY](tvm.runtime.tensor(x[None]), *weight_args)]

@@ -7,15 +7,15 @@ from tqdm import tqdm
 from tvm import relax
 
 from ..relax_io import ENTRY, num_inputs
-from .calibrate import activation_bindings, choose_range, collect
+from .calibrate import activation_vars, choose_range, collect
 from .config import QConfig, current_qconfig
 from .realize import Realizer, find_units
 
 
 def ranges_for(mod: tvm.IRModule, stats, cfg: QConfig) -> dict:
-    """Calibrated [lo, hi] per activation var of `main`."""
-    return {b.var: choose_range(s, cfg.calibrate_mode, cfg.nbit_input, cfg.percentile)
-            for b, s in zip(activation_bindings(mod), stats)}
+    """Calibrated [lo, hi] per calibration point (input or activation var) of `main`."""
+    return {v: choose_range(s, cfg.calibrate_mode, cfg.nbit_input, cfg.percentile)
+            for v, s in zip(activation_vars(mod), stats)}
 
 
 def default_float_units(mod: tvm.IRModule, cfg: QConfig) -> dict[str, str]:
@@ -35,31 +35,46 @@ def _vm(mod):
     return relax.VirtualMachine(tvm.compile(mod, tvm.target.Target("llvm")), tvm.cpu())
 
 
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
-    signal = float(np.sum(reference.astype(np.float64) ** 2))
-    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
-
-
 def channel_means_for(mod: tvm.IRModule, stats) -> dict:
-    return {b.var: s.channel_mean for b, s in zip(activation_bindings(mod), stats)}
+    return {v: s.channel_mean for v, s in zip(activation_vars(mod), stats)}
 
 
-def layer_sqnr(make_realizer, mod, calibration, full) -> dict[str, float]:
-    """SQNR (dB) of each quantized layer's output vs fp32 on the first calibration images."""
+def layer_sqnr(make_realizer, mod, calibration, full) -> dict[str, tuple[float, float]]:
+    """Per quantized layer: (SQNR of its output vs fp32, SQNR of the noise it adds), in dB.
+
+    Measured on the first calibration images with every layer's input and output exposed. The
+    noise a layer adds is its output noise power minus its input's (relative to the signal):
+    the measured per-layer error that accuracy_budget ranks layers by.
+    """
     realizer = make_realizer(probes=True)
     probe_mod, probe_w, _ = realizer.run()
-    names = [(name, var) for name, var, _ in realizer.probe_vars]
-    position = {b.var: i for i, b in enumerate(activation_bindings(mod))}
+    position = {v: i for i, v in enumerate(activation_vars(mod))}
     vm = _vm(probe_mod)
     args = [tvm.runtime.tensor(probe_w[p.name]) for p in probe_mod[ENTRY].params[num_inputs(probe_mod):]]
-    ref, got = {n: [] for n, _ in names}, {n: [] for n, _ in names}
+    ref = {n: [] for n, _ in realizer.probe_vars}
+    got = {n: [] for n, _ in realizer.probe_vars}
     for i, reference in enumerate(full):
         outs = vm[ENTRY](tvm.runtime.tensor(calibration[i][None]), *args)
-        for k, (name, var) in enumerate(names):
+        for k, (name, var) in enumerate(realizer.probe_vars):
             got[name].append(outs[k + 1].numpy())
-            ref[name].append(reference[position[var]])
-    return {n: sqnr_db(np.stack(ref[n]), np.stack(got[n])) for n, _ in names}
+            ref[name].append(reference[position[var]] if var in position else got[name][-1])
+    noise = {n: relative_noise(np.stack(ref[n]), np.stack(got[n])) for n in ref}
+    result = {}
+    for name in (n for n in noise if ":" not in n):
+        inputs = [noise[n] for n in noise if n.startswith(f"{name}:input")]
+        added = max(noise[name] - max(inputs, default=0.0), 1e-12)
+        result[name] = (to_db(noise[name]), to_db(added))
+    return result
+
+
+def relative_noise(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Noise power over signal power."""
+    reference = reference.astype(np.float64)
+    return float(np.sum((reference - approx) ** 2) / max(float(np.sum(reference ** 2)), 1e-30))
+
+
+def to_db(ratio: float) -> float:
+    return float("inf") if ratio <= 0 else float(-10.0 * np.log10(ratio))
 
 
 def top1(vm, args, xs, desc) -> np.ndarray:
@@ -94,19 +109,20 @@ def quantize_with_report(mod: tvm.IRModule, params: dict[str, np.ndarray], calib
             summary[f"budget_step{step}_agreement"] = agree
             if 1.0 - agree <= cfg.accuracy_budget or step == cfg.max_float_layers:
                 break
-            candidates = {n: v for n, v in sqnr.items()
+            candidates = {n: v[1] for n, v in sqnr.items()
                           if n not in float_units and not n.startswith(("add", "mean"))}
             if not candidates:
                 break
             worst = min(candidates, key=candidates.get)
-            float_units[worst] = (f"accuracy_budget: lowest SQNR ({candidates[worst]:.1f} dB) while "
-                                  f"agreement was {agree:.3f}")
+            summary.setdefault("budget_float_order", []).append(worst)
+            float_units[worst] = (f"accuracy_budget: adds the most noise ({candidates[worst]:.1f} dB "
+                                  f"layer SQNR) while agreement was {agree:.3f}")
+            sqnr = layer_sqnr(make_realizer, mod, calibration, full)
         summary["calibration_agreement_top1"] = agree
     qmod, qparams, records = make_realizer().run()
     for rec in records:
-        rec.sqnr_db = None if rec.name not in sqnr else round(float(sqnr[rec.name]), 3)
-        if rec.kept_float:
-            rec.sqnr_db = None
+        if rec.name in sqnr and not rec.kept_float:
+            rec.sqnr_db, rec.layer_sqnr_db = (round(v, 3) for v in sqnr[rec.name])
     summary["float_layers"] = sorted(float_units)
     return qmod, qparams, records, summary
 

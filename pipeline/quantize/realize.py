@@ -57,7 +57,8 @@ class LayerRecord:
     range_lo: float | None = None
     range_hi: float | None = None
     kept_float: str = ""
-    sqnr_db: float | None = None
+    sqnr_db: float | None = None  # of the layer's output vs fp32 (includes upstream error)
+    layer_sqnr_db: float | None = None  # of the noise this layer adds (output minus input noise)
     extra: dict = field(default_factory=dict)
 
 
@@ -88,7 +89,7 @@ class Realizer:
         self.quants: dict = {}  # old var -> (new uint8 expr, QParams)
         self.new_params: list[tuple[relax.Var, np.ndarray]] = []
         self.records: list[LayerRecord] = []
-        self.probe_vars: list[tuple[str, relax.Var, relax.Expr]] = []
+        self.probe_vars: list[tuple[str, relax.Var]] = []  # (name, var) to expose as float
 
     # ----- parameters, conversions -------------------------------------------------------
     def param(self, name: str, value: np.ndarray) -> relax.Var:
@@ -214,7 +215,7 @@ class Realizer:
                         self.float_op(b)
                 result = self.float_of(self.returned)
                 if self.probes:
-                    result = relax.Tuple([result] + [self.float_of(v) for _, v, _ in self.probe_vars])
+                    result = relax.Tuple([result] + [self.float_of(v) for _, v in self.probe_vars])
                 out = self.bb.emit_output(result)
             self.bb.emit_func_output(out)
         body_func = self.bb.get()[ENTRY]
@@ -297,7 +298,7 @@ def realize_unit(r: Realizer, u: Unit) -> None:
             f = r.emit(relax.op.nn.relu(f) if hi is None else relax.op.clip(f, lo, hi))
         r.floats[u.out] = f
     record.range_lo, record.range_hi = (float(v) for v in r.ranges[u.out])
-    r.probe_vars.append((u.name, u.out, None))
+    r.probe_vars += [(f"{u.name}:input", u.data), (u.name, u.out)]
 
 
 def weight_error_shift(u: Unit, w, wq, sw, input_mean) -> np.ndarray:
@@ -363,7 +364,7 @@ def realize_add(r: Realizer, b) -> bool:
     v = r.emit(relax.op.clip(relax.op.add(v, relax.const(py.zero_point, "int64")), py.qmin, py.qmax))
     r.quants[b.var] = (r.emit(relax.op.astype(v, "uint8")), py)
     record.range_lo, record.range_hi = (float(x) for x in r.ranges[b.var])
-    r.probe_vars.append((record.name, b.var, None))
+    r.probe_vars += [(f"{record.name}:input", a), (f"{record.name}:input2", c), (record.name, b.var)]
     return True
 
 
