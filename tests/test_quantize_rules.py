@@ -712,3 +712,26 @@ def test_qconfig_context_manager():
     with pytest.raises(TvmqError, match="invalid qconfig option"):
         with qconfig(not_an_option=1):
             pass
+
+
+def test_zero_padding_runs_on_uint8_with_the_zero_point():
+    """ZeroPadding2D between int8 layers pads the uint8 tensor with its zero point (exact)."""
+    from pipeline.relax_import import keras_to_relax
+
+    def body(x, L):
+        x = L.Conv2D(4, 3, padding="same")(x)  # signed output: asymmetric, non-zero zero point
+        x = L.ZeroPadding2D(((1, 2), (0, 1)))(x)
+        x = L.MaxPooling2D(2)(x)
+        return L.Conv2D(3, 1)(x)
+
+    mod, weights = keras_to_relax(_model((8, 8, 3), body))
+    x = np.random.default_rng(3).normal(size=(8, 8, 8, 3)).astype(np.float32)
+    qmod, qweights, records, _ = quantize_with_report(mod, weights, x, QConfig(skip_conv_layers=()))
+    pads = [b for b in bindings(qmod) if op_name(b.value) == "relax.nn.pad"]
+    assert pads and all(str(b.var.ty.dtype) == "uint8" for b in pads)
+    zero_point = records[0].out_zero_point
+    # one pad is the first conv's own 'same' padding (input zero point), one is ZeroPadding2D
+    assert zero_point != 0 and zero_point in {float(b.value.attrs.pad_value) for b in pads}
+    assert compute_ops(qmod)[0] == []
+    fp32, int8 = run_model(mod, weights, x), run_model(qmod, qweights, x)
+    assert np.abs(int8 - fp32).max() <= 0.05 * np.abs(fp32).max()

@@ -143,7 +143,7 @@ class Realizer:
             if unit is not None:
                 if unit.data.same_as(var) and unit.name not in self.float_units:
                     return True
-            elif op_name(b.value) in INT8_PASSTHROUGH or op_name(b.value) in ("relax.add", "relax.mean"):
+            elif op_name(b.value) in RULES:
                 return True
         return False
 
@@ -337,6 +337,19 @@ def realize_passthrough(r: Realizer, b) -> bool:
     else:
         y = relax.Call(b.value.op, [q, *b.value.args[1:]], b.value.attrs, b.value.ty_args)
     r.quants[b.var] = (r.emit(y), qp)
+    return True
+
+
+@rule("relax.nn.pad")
+def realize_pad(r: Realizer, b) -> bool:
+    """Zero padding (Keras ZeroPadding2D) on uint8: real 0 is the zero point."""
+    x = b.value.args[0]
+    attrs = b.value.attrs
+    if x not in r.quants or attrs.pad_mode != "constant" or float(attrs.pad_value) != 0.0:
+        return False
+    q, qp = r.quants[x]
+    padded = relax.op.nn.pad(q, [int(p) for p in attrs.pad_width], pad_value=float(qp.zero_point))
+    r.quants[b.var] = (r.emit(padded), qp)
     return True
 
 
