@@ -1,14 +1,16 @@
 """Stage 3: post-training int8 quantization of the Relax module (our own Relax pass).
 
 Writes artifacts/quantize/{model.py, model.params, report.json, report.csv}. Calibration
-statistics are cached in .cache/calibration (joblib), keyed by the fp32 module's bytes and the
-calibration set, so changing only the calibrate mode does not rerun the fp32 model.
+statistics are cached in ~/.cache/tvmq/calibration (or $TVMQ_CACHE/calibration; joblib), keyed
+by the fp32 module's bytes and the calibration set, so changing only the calibrate mode does not
+rerun the fp32 model, also across `dvc exp` workspaces.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 
 import joblib
@@ -23,7 +25,7 @@ from ..relax_io import PARAMS_FILE, SCRIPT_FILE, load_relax, save_relax
 
 SOURCE = "artifacts/relax"
 OUT = "artifacts/quantize"
-CACHE = ".cache/calibration"
+CACHE = Path(os.environ.get("TVMQ_CACHE", Path.home() / ".cache" / "tvmq")) / "calibration"
 
 
 def _calibrate(digest: str, dataset_cfg: dict, model_cfg: dict, version: int = FORMAT_VERSION):
