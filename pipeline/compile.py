@@ -3,10 +3,10 @@
 The exported folder holds `model.so` (`export_library`), `model.params` and `manifest.json`;
 `manifest.json` names inputs, weights (in call order) and outputs with shapes and dtypes, so
 `tvm.runtime.load_module` + `relax.VirtualMachine` run it without tvmq (see README).
+The manifest holds no timing or other run-dependent value, so it is byte-identical across runs.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import tvm
 from tvm import relax
 
 from .atomic import write_json
+from .errors import TvmqError
 from .relax_import import op_counts
 from .relax_io import ENTRY, num_inputs, save_params, weight_params
 
@@ -52,8 +53,21 @@ def op_list(mod: tvm.IRModule) -> list[dict]:
     return calls
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target):
-    """relax's default pipeline (legalize, fuse, lower) and codegen for `target`."""
+SCHEDULES = ("default", "none")
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "default"):
+    """relax's CPU pipeline (legalize, fuse, lower) and codegen for `target`.
+
+    schedules="default" applies `schedules.ParallelVectorize` to every fused kernel on llvm
+    targets (no tuning); "none" keeps TVM's generic single-threaded loops.
+    """
+    if schedules not in SCHEDULES:
+        raise TvmqError(f"target.schedules='{schedules}' is invalid: use {' | '.join(SCHEDULES)}.")
+    if schedules == "default" and target.kind.name == "llvm":
+        from .schedules import default_pipeline
+
+        return tvm.compile(mod, target, relax_pipeline=default_pipeline(target))
     return tvm.compile(mod, target)
 
 
@@ -65,9 +79,8 @@ def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], targ
     """
     folder = Path(folder)
     target = make_target(target_cfg)
-    start = time.perf_counter()
-    executable = build(mod, target)
-    build_seconds = time.perf_counter() - start
+    schedules = target_cfg.get("schedules", "default")
+    executable = build(mod, target, schedules)
     executable.export_library(str(folder / LIBRARY_FILE))
     save_params(folder / "model.params", weights)
     func = mod[ENTRY]
@@ -79,13 +92,13 @@ def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], targ
         "params_file": "model.params",
         "target": str(target),
         "target_config": target_cfg,
+        "schedules": schedules,
         "tvm_version": tvm.__version__,
         "inputs": [_tensor_spec(p.name, p.ty) for p in func.params[:n_in]],
         "params": [_tensor_spec(p.name, p.ty) for p in weight_params(mod)],
         "outputs": [_tensor_spec("logits", func.ret_ty)],
         "op_counts": op_counts(mod),
         "ops": op_list(mod),
-        "build_seconds": round(build_seconds, 2),
         "how_to_run": "lib = tvm.runtime.load_module(library); vm = relax.VirtualMachine(lib, "
                       "tvm.cpu()); p = tvm.runtime.load_param_dict(open(params_file,'rb').read()); "
                       "vm[entry](x, *[p[q['name']] for q in params])",

@@ -14,6 +14,7 @@ import tvm
 from tqdm import tqdm
 from tvm import relax
 
+from ..compile import build
 from ..relax_io import ENTRY, num_inputs
 
 SAMPLES_PER_IMAGE = 512
@@ -65,7 +66,7 @@ def collect(mod: tvm.IRModule, weights: dict[str, np.ndarray], inputs: np.ndarra
     """(stats per activation binding in program order, full tensors of the first images,
     fp32 logits of every image)."""
     inst = instrument(mod)
-    executable = tvm.compile(inst, tvm.target.Target("llvm"))
+    executable = build(inst, tvm.target.Target("llvm"))
     vm = relax.VirtualMachine(executable, tvm.cpu())
     weight_args = [tvm.runtime.tensor(weights[p.name]) for p in inst[ENTRY].params[num_inputs(mod):]]
     rng = np.random.default_rng(seed)

@@ -6,6 +6,7 @@ import tvm
 from tqdm import tqdm
 from tvm import relax
 
+from ..compile import build
 from ..relax_io import ENTRY, num_inputs
 from .calibrate import activation_vars, choose_range, collect
 from .config import QConfig, current_qconfig
@@ -32,7 +33,7 @@ def default_float_units(mod: tvm.IRModule, cfg: QConfig) -> dict[str, str]:
 
 
 def _vm(mod):
-    return relax.VirtualMachine(tvm.compile(mod, tvm.target.Target("llvm")), tvm.cpu())
+    return relax.VirtualMachine(build(mod, tvm.target.Target("llvm")), tvm.cpu())
 
 
 def channel_means_for(mod: tvm.IRModule, stats) -> dict:

@@ -22,6 +22,7 @@ from ..errors import cli_main
 from ..quantize import QConfig, quantize_with_report
 from ..quantize.calibrate import FORMAT_VERSION, collect
 from ..relax_io import PARAMS_FILE, SCRIPT_FILE, load_relax, save_relax
+from ..runner import set_threads
 
 SOURCE = "artifacts/relax"
 OUT = "artifacts/quantize"
@@ -50,6 +51,7 @@ def _round(value):
 def main() -> None:
     cfg = params.load()
     qcfg = QConfig.from_params(cfg["quantize"])
+    set_threads(cfg["runtime"]["threads"])
     mod, weights = load_relax(SOURCE)
     calibration, _ = data.crop_sets(cfg["dataset"])
     x_cal = data.crop_inputs(calibration, cfg["model"])

@@ -1,0 +1,99 @@
+"""Default CPU schedules (no tuning): parallel outer spatial loops, vectorized inner loop.
+
+Untuned Relax lowers every op to naive single-threaded loops (EfficientNet-Lite0: ~250 ms).
+`ParallelVectorize`, a schedule rule in the style of `tvm.s_tir.dlight` (which has no CPU rule
+for convolutions), schedules each block of every fused PrimFunc: the innermost spatial loop
+becomes a vector of up to 16 lanes placed inside the reduction loops, the other spatial loops
+are fused and run in parallel. The arithmetic and its order per output are unchanged, so
+scheduled and unscheduled modules give bit-identical results. A PrimFunc the rule cannot
+schedule (e.g. symbolic extents) keeps the generic code.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+
+VECTOR = (16, 8, 4, 2)
+
+
+def _extent(sch, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _lanes(extent: int) -> int:
+    if extent <= VECTOR[0]:
+        return extent
+    return next((v for v in VECTOR if extent % v == 0), 1)
+
+
+def schedule_block(sch, block) -> None:
+    """Parallelize and vectorize one block in place (no-op if its loops are not plain)."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in stmt.iter_vars]
+    if len(loops) != len(kinds) or not loops:
+        return
+    extents = [_extent(sch, l) for l in loops]
+    if any(e is None for e in extents):
+        return
+    spatial = [l for l, k in zip(loops, kinds) if k == tirx.IterVar.DataPar]
+    reduce = [l for l, k in zip(loops, kinds) if k == tirx.IterVar.CommReduce]
+    if not spatial or len(spatial) + len(reduce) != len(loops):
+        return
+    inner_extent = _extent(sch, spatial[-1])
+    lanes = _lanes(inner_extent)
+    if lanes > 1 and lanes < inner_extent:
+        outer, inner = sch.split(spatial[-1], [None, lanes])
+        spatial = spatial[:-1] + [outer]
+    else:
+        inner = spatial[-1]
+        spatial = spatial[:-1]
+    sch.reorder(*spatial, *reduce, inner)
+    if spatial:
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        sch.parallel(fused)
+    if reduce:
+        init = sch.decompose_reduction(block, reduce[0])
+        init_inner = sch.get_loops(init)[-1]
+        if lanes > 1:
+            sch.vectorize(init_inner)
+    # A spatial loop inside reduction loops cannot be vectorized by the schedule (no compact
+    # dataflow); it is innermost with a constant trip count, so LLVM's loop vectorizer does it.
+    if lanes > 1 and not reduce:
+        sch.vectorize(inner)
+
+
+class ParallelVectorize(dl.ScheduleRule):
+    """Applies to any PrimFunc with static loops; leaves the rest to the next rule."""
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        root = sch.get_sblock("root")
+        for block in sch.get_child_blocks(root):
+            try:
+                schedule_block(sch, block)
+            except (s_tir.ScheduleError, tvm.error.InternalError, RuntimeError):
+                return None
+        return sch
+
+
+def default_pipeline(target: tvm.target.Target):
+    """relax's CPU pipeline with `ParallelVectorize` applied after fusion."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(
+                cpu_generic.library_dispatch_passes(target)
+                + cpu_generic.legalize_passes(target)
+                + [dl.ApplyDefaultSchedule(ParallelVectorize())]
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
