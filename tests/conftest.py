@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Calibration statistics of the test models go to a throwaway cache, not ~/.cache/tvmq.
+os.environ.setdefault("TVMQ_CACHE", tempfile.mkdtemp(prefix="tvmq-test-cache-"))
 
 
 @pytest.fixture

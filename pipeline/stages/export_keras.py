@@ -6,6 +6,7 @@ import numpy as np
 from .. import params
 from ..atomic import atomic_dir, write_json
 from ..errors import cli_main
+from ..keras_io import save_keras
 from ..models.registry import build_keras_model
 
 OUT = "artifacts/keras"
@@ -34,7 +35,7 @@ def main() -> None:
     model_cfg = params.load()["model"]
     model = build_keras_model(model_cfg)
     with atomic_dir(OUT) as out:
-        model.save(out / "model.keras")
+        save_keras(model, out / "model.keras")
         write_json(out / "card.json", card(model, model_cfg))
     print(f"{OUT}: {model_cfg['name']}, {model.count_params():,} parameters")
 
