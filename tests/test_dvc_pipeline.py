@@ -101,6 +101,20 @@ def test_artifacts_are_written(repo):
     assert not list(repo.glob("artifacts/**/*.tmp"))
 
 
+def test_built_int8_variant_has_no_float_conv_or_dense(repo):
+    """The int8 build's op list: every conv2d/matmul accumulates in int32, except the layers
+    the quantization report keeps in float (the first conv by default)."""
+    manifest = json.loads((repo / "artifacts/build/int8/manifest.json").read_text())
+    report = json.loads((repo / "artifacts/quantize/report.json").read_text())
+    layers = [op for op in manifest["ops"] if op["op"] in ("relax.nn.conv2d", "relax.matmul")]
+    float_layers = [op for op in layers if op["dtype"] != "int32"]
+    assert len(float_layers) == len(report["summary"]["float_layers"]) == 1, float_layers
+    assert len(layers) - len(float_layers) == report["summary"]["int8_layers"]
+    fp32 = json.loads((repo / "artifacts/build/fp32/manifest.json").read_text())
+    assert all(op["dtype"] == "float32" for op in fp32["ops"]
+               if op["op"] in ("relax.nn.conv2d", "relax.matmul"))
+
+
 def test_build_runs_with_plain_tvm_and_the_manifest(repo):
     """The exported build needs only tvm.runtime + manifest.json, not the tvmq package."""
     script = """

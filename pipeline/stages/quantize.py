@@ -63,8 +63,10 @@ def main() -> None:
             | {"requantize": r.extra.get("requantize", "")} for r in records]
     fp32_bytes = sum(w.nbytes for w in weights.values())
     int8_bytes = sum(w.nbytes for w in qweights.values())
-    summary.update(calibrate_mode=qcfg.calibrate_mode, layers=len(rows),
-                   int8_layers=sum(r["in_dtype"] == "uint8" for r in rows),
+    compute = [r["in_dtype"] for r in rows if r["op"] in ("conv2d", "dense")]
+    other = [r["in_dtype"] for r in rows if r["op"] not in ("conv2d", "dense")]
+    summary.update(calibrate_mode=qcfg.calibrate_mode, layers=len(compute),
+                   int8_layers=compute.count("uint8"), int8_other_ops=other.count("uint8"),
                    weight_bytes=int(int8_bytes), fp32_weight_bytes=int(fp32_bytes),
                    weight_bytes_ratio=round(int8_bytes / fp32_bytes, 4),
                    mean_sqnr_db=round(float(np.mean([r["sqnr_db"] for r in rows if r["sqnr_db"] is not None] or [0])), 3))
@@ -76,7 +78,8 @@ def main() -> None:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    print(f"{OUT}: {summary['int8_layers']}/{summary['layers']} layers int8, weights "
+    print(f"{OUT}: {summary['int8_layers']}/{summary['layers']} conv/dense layers int8 "
+          f"(+{summary['int8_other_ops']} adds/pools), weights "
           f"{int8_bytes / 1e6:.2f} MB ({summary['weight_bytes_ratio']:.1%} of fp32), "
           f"mean layer SQNR {summary['mean_sqnr_db']} dB")
 
