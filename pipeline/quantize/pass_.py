@@ -7,7 +7,7 @@ from tqdm import tqdm
 from tvm import relax
 
 from ..compile import build
-from ..relax_io import ENTRY, num_inputs
+from ..relax_io import ENTRY, weight_params
 from .calibrate import activation_vars, choose_range, collect
 from .config import QConfig, current_qconfig
 from .realize import Realizer, find_units
@@ -21,8 +21,7 @@ def ranges_for(mod: tvm.IRModule, stats, cfg: QConfig) -> dict:
 
 def default_float_units(mod: tvm.IRModule, cfg: QConfig) -> dict[str, str]:
     """Layers kept in float32 by skip_conv_layers / skip_dense_layer, with the reason."""
-    n_in = num_inputs(mod)
-    units = find_units(mod[ENTRY], set(mod[ENTRY].params[n_in:]))
+    units = find_units(mod[ENTRY], set(weight_params(mod)))
     keep = {}
     for u in units:
         if u.kind == "conv2d" and u.index in cfg.skip_conv_layers:
@@ -51,7 +50,7 @@ def layer_sqnr(make_realizer, mod, calibration, full) -> dict[str, tuple[float, 
     probe_mod, probe_w, _ = realizer.run()
     position = {v: i for i, v in enumerate(activation_vars(mod))}
     vm = _vm(probe_mod)
-    args = [tvm.runtime.tensor(probe_w[p.name]) for p in probe_mod[ENTRY].params[num_inputs(probe_mod):]]
+    args = [tvm.runtime.tensor(probe_w[p.name]) for p in weight_params(probe_mod)]
     ref = {n: [] for n, _ in realizer.probe_vars}
     got = {n: [] for n, _ in realizer.probe_vars}
     for i, reference in enumerate(full):
@@ -105,7 +104,7 @@ def quantize_with_report(mod: tvm.IRModule, params: dict[str, np.ndarray], calib
         for step in range(cfg.max_float_layers + 1):
             qmod, qparams, _ = make_realizer().run()
             vm = _vm(qmod)
-            args = [tvm.runtime.tensor(qparams[p.name]) for p in qmod[ENTRY].params[num_inputs(qmod):]]
+            args = [tvm.runtime.tensor(qparams[p.name]) for p in weight_params(qmod)]
             agree = float(np.mean(top1(vm, args, calibration, f"budget check {step}") == reference))
             summary[f"budget_step{step}_agreement"] = agree
             if 1.0 - agree <= cfg.accuracy_budget or step == cfg.max_float_layers:

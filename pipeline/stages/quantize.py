@@ -29,11 +29,11 @@ OUT = "artifacts/quantize"
 CACHE = Path(os.environ.get("TVMQ_CACHE", Path.home() / ".cache" / "tvmq")) / "calibration"
 
 
-def _calibrate(digest: str, dataset_cfg: dict, model_cfg: dict, version: int = FORMAT_VERSION):
-    """Collect calibration statistics (digest identifies the fp32 module; cached by joblib)."""
-    mod, weights = load_relax(SOURCE)
-    calibration, _ = data.crop_sets(dataset_cfg)
-    return collect(mod, weights, data.crop_inputs(calibration, model_cfg))
+def _calibrate(digest: str, dataset_cfg: dict, model_cfg: dict, mod, weights, inputs,
+               version: int = FORMAT_VERSION):
+    """Collect calibration statistics, cached by joblib under (digest of the fp32 module,
+    dataset and model config, format version); the module and inputs themselves are not hashed."""
+    return collect(mod, weights, inputs)
 
 
 def _digest(folder: str) -> str:
@@ -55,8 +55,8 @@ def main() -> None:
     mod, weights = load_relax(SOURCE)
     calibration, _ = data.crop_sets(cfg["dataset"])
     x_cal = data.crop_inputs(calibration, cfg["model"])
-    cached = joblib.Memory(CACHE, verbose=0).cache(_calibrate)
-    stats = cached(_digest(SOURCE), cfg["dataset"], cfg["model"])
+    cached = joblib.Memory(CACHE, verbose=0).cache(_calibrate, ignore=["mod", "weights", "inputs"])
+    stats = cached(_digest(SOURCE), cfg["dataset"], cfg["model"], mod, weights, x_cal)
     print(f"quantizing ({qcfg.calibrate_mode}) ...", flush=True)
     qmod, qweights, records, summary = quantize_with_report(mod, weights, x_cal, qcfg, stats)
     rows = [{k: _round(v) for k, v in dataclasses.asdict(r).items() if k != "extra"}
