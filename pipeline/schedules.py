@@ -65,6 +65,80 @@ def schedule_block(sch, block) -> None:
         sch.vectorize(inner)
 
 
+def _vectorize_inner(sch, block) -> None:
+    """Vectorize a block's innermost loop (split to 16 lanes when longer and divisible)."""
+    inner = sch.get_loops(block)[-1]
+    extent = _extent(sch, inner)
+    if extent is None or extent == 1:
+        return
+    lanes = _lanes(extent)
+    if lanes < extent:
+        inner = sch.split(inner, [None, lanes])[1]
+    if lanes > 1:
+        sch.vectorize(inner)
+
+
+def schedule_packed_conv(sch, blocks, names) -> None:
+    """Register-tiled, parallel schedule of a `packed_conv` kernel and its fused epilogue.
+
+    Tile: 8 output channels x 16 (or 32) neighbouring columns of one output row, accumulated in
+    registers over all input channels and kernel taps; float32 as broadcast-weight FMAs on
+    16-lane vectors, uint8 x int8 as one VNNI instruction per 4 input channels. Each output
+    row of 8 channels then runs the epilogue (bias, requantize, clamp, residual add) while it is
+    still in cache. Rows x channel blocks run in parallel; the input copy runs before, parallel.
+    """
+    from .packed_conv import CONV_BLOCK, CROP_BLOCK, LANES, PACK_BLOCK
+    from .vnni import INTRIN
+
+    conv, pack = blocks[names.index(CONV_BLOCK)], blocks[names.index(PACK_BLOCK)]
+    crop = blocks[names.index(CROP_BLOCK)]
+    for block in blocks[names.index(CROP_BLOCK) + 1:]:
+        sch.reverse_compute_inline(block)
+    stmt = sch.get(conv)
+    weight = stmt.reads[1].source
+    int8 = str(weight.dtype) == "int8"
+    ob = int(weight.shape[-2] if int8 else weight.shape[-1])
+    n, o, y, x, *red = sch.get_loops(conv)
+    owp = _extent(sch, x)
+    xv = 2 if owp % (2 * LANES) == 0 else 1
+    local = sch.cache_write(conv, 0, "local")
+    ocb, oci = sch.split(o, [None, ob])
+    xo, xvl, xi = sch.split(x, [None, xv, LANES])
+    inner_red = red[-1:] if int8 else []
+    sch.reorder(n, ocb, y, xo, *red[:len(red) - len(inner_red)], oci, xvl, xi, *inner_red)
+    sch.reverse_compute_at(local, xo)
+    sch.reverse_compute_at(crop, y)
+    sch.parallel(sch.fuse(n, ocb, y))
+    sch.unroll(oci)
+    sch.unroll(xvl)
+    if not int8:
+        sch.vectorize(xi)
+    init = sch.decompose_reduction(conv, red[0])
+    if int8:
+        sch.tensorize(xi, INTRIN)
+    _vectorize_inner(sch, init)
+    _vectorize_inner(sch, local)
+    _vectorize_inner(sch, crop)
+    schedule_block(sch, pack)
+
+
+class PackedConvSchedule(dl.ScheduleRule):
+    """Schedules kernels that hold a `packed_conv` block; leaves every other kernel alone."""
+
+    def apply(self, func, target, _tunable):
+        from .packed_conv import CONV_BLOCK
+
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        names = [sch.get(b).name_hint for b in blocks]
+        if CONV_BLOCK not in names:
+            return None
+        schedule_packed_conv(sch, blocks, names)
+        return sch
+
+
 class ParallelVectorize(dl.ScheduleRule):
     """Applies to any PrimFunc with static loops; leaves the rest to the next rule."""
 
@@ -91,7 +165,7 @@ def default_pipeline(target: tvm.target.Target):
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
                 + cpu_generic.legalize_passes(target)
-                + [dl.ApplyDefaultSchedule(ParallelVectorize())]
+                + [dl.ApplyDefaultSchedule(PackedConvSchedule(), ParallelVectorize())]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target))
             return seq(mod)

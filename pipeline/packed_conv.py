@@ -1,0 +1,165 @@
+"""Convolutions with weights packed at build time, in the layout fast CPU kernels need.
+
+Relax's `conv2d` legalizes to TOPI's NCHW loop nest, which no default schedule makes fast.
+`PackConvolutions` replaces each NCHW conv2d (groups=1) whose weight is a model parameter by
+our own compute, with the weight re-laid out once by the build stage (numpy, stored in the
+built `model.params`):
+
+- float32: weight `[O/8, I, KH, KW, 8]`; the input row is copied into `[I, H+pad, KW, OWp]`
+  (stride and kernel column folded in, OWp = OW rounded up to 16), so 16 neighbouring outputs
+  are one contiguous vector load and 8 output channels are 8 broadcast weights.
+- uint8 x int8 -> int32: weight `[O/8, I/4, KH, KW, 8, 4]`, input `[I/4, H+pad, KW, OWp, 4]`:
+  4 input channels of 16 neighbouring outputs are one 64-byte vector and 4 weight bytes one
+  broadcast, which is exactly what AVX512-VNNI's `vpdpbusd` multiplies and accumulates.
+
+Activations stay NCHW between layers (the copy is part of the conv kernel), so every other op
+and the quantizer's epilogues are unchanged. The arithmetic is the same sum per output
+(int8: exactly; float32: same order), so results match the generic build; the schedule that
+makes it fast is `schedules.PackedConvSchedule`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from .relax_io import ENTRY, num_inputs
+
+LANES = 16  # neighbouring output columns per vector
+OC_BLOCK = 8  # output channels per register tile
+IC_GROUP = 4  # input channels per vpdpbusd lane (uint8 x int8)
+CONV_BLOCK = "tvmq_conv"
+PACK_BLOCK = "tvmq_pack"
+CROP_BLOCK = "tvmq_crop"
+
+FLOAT = ("float32", "float32", "float32")
+U8S8 = ("uint8", "int8", "int32")
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def oc_block(channels: int) -> int:
+    return next(b for b in (OC_BLOCK, 4, 2, 1) if channels % b == 0)
+
+
+def pack_weight(weight: np.ndarray, int8: bool) -> np.ndarray:
+    """OIHW -> [O/ob, I, KH, KW, ob] (float) or [O/ob, I/4, KH, KW, ob, 4] (int8, I zero-padded)."""
+    o, i, kh, kw = weight.shape
+    ob = oc_block(o)
+    if not int8:
+        return np.ascontiguousarray(weight.reshape(o // ob, ob, i, kh, kw).transpose(0, 2, 3, 4, 1))
+    ip = _ceil(i, IC_GROUP)
+    padded = np.zeros((o, ip, kh, kw), weight.dtype)
+    padded[:, :i] = weight
+    blocks = padded.reshape(o // ob, ob, ip // IC_GROUP, IC_GROUP, kh, kw)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
+
+
+def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bool):
+    """NCHW conv2d from a packed weight; output NCHW (float32, or int32 for uint8 x int8)."""
+    n, c, h, w = (int(d) for d in data.shape)
+    if int8:
+        ocb, icb, kh, kw, ob, _ = (int(d) for d in weight.shape)
+    else:
+        ocb, icb, kh, kw, ob = (int(d) for d in weight.shape)
+    sh, sw = strides
+    top, left, bottom, right = padding
+    oh = (h + top + bottom - kh) // sh + 1
+    ow = (w + left + right - kw) // sw + 1
+    owp = _ceil(ow, LANES)
+    hp = h + top + bottom
+
+    def source(nn, ch, yp, kx, xp):
+        y, x = yp - top, xp * sw + kx - left
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, xp < ow, ch < c)
+        return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
+
+    if int8:
+        packed = te.compute((n, icb, hp, kw, owp, IC_GROUP),
+                            lambda nn, cb, yp, kx, xp, k: source(nn, cb * IC_GROUP + k, yp, kx, xp),
+                            name=PACK_BLOCK)
+        rc, ry, rx, rk = (te.reduce_axis((0, icb), "rc"), te.reduce_axis((0, kh), "ry"),
+                          te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, IC_GROUP), "rk"))
+        acc = te.compute(
+            (n, ocb * ob, oh, owp),
+            lambda nn, o, y, x: te.sum(
+                packed[nn, rc, y * sh + ry, rx, x, rk].astype("int32")
+                * weight[o // ob, rc, ry, rx, o % ob, rk].astype("int32"), axis=[rc, ry, rx, rk]),
+            name=CONV_BLOCK)
+    else:
+        packed = te.compute((n, c, hp, kw, owp), source, name=PACK_BLOCK)
+        rc, ry, rx = (te.reduce_axis((0, c), "rc"), te.reduce_axis((0, kh), "ry"),
+                      te.reduce_axis((0, kw), "rx"))
+        acc = te.compute(
+            (n, ocb * ob, oh, owp),
+            lambda nn, o, y, x: te.sum(packed[nn, rc, y * sh + ry, rx, x]
+                                       * weight[o // ob, rc, ry, rx, o % ob], axis=[rc, ry, rx]),
+            name=CONV_BLOCK)
+    return te.compute((n, ocb * ob, oh, ow), lambda nn, o, y, x: acc[nn, o, y, x], name=CROP_BLOCK)
+
+
+def _dtypes(call) -> tuple[str, str, str]:
+    return (str(call.args[0].ty.dtype), str(call.args[1].ty.dtype), str(call.ty.dtype))
+
+
+def packable(call, weight_names: set[str]) -> bool:
+    """An NCHW/OIHW conv2d, groups 1, no dilation, static shapes, weight a model parameter."""
+    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+            and call.op.name == "relax.nn.conv2d"):
+        return False
+    a = call.attrs
+    weight = call.args[1]
+    return (isinstance(weight, relax.Var) and weight.name in weight_names
+            and int(a.groups) == 1 and all(int(d) == 1 for d in a.dilation)
+            and (a.data_layout, a.kernel_layout, a.out_layout or a.data_layout) == ("NCHW", "OIHW", "NCHW")
+            and all(isinstance(d, tirx.IntImm) for d in call.args[0].ty.shape)
+            and _dtypes(call) in (FLOAT, U8S8))
+
+
+@relax.expr_functor.mutator
+class _ConvPacker(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, weights: dict[str, np.ndarray]):
+        super().__init__(mod)
+        self.mod_, self.weights = mod, weights
+        self.packed: dict[str, tuple[relax.Var, np.ndarray]] = {}  # old name -> new param
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if not packable(call, set(self.weights)):
+            return call
+        int8 = _dtypes(call) == U8S8
+        old = call.args[1]
+        if old.name not in self.packed:
+            value = pack_weight(self.weights[old.name], int8)
+            var = relax.Var(f"{old.name}_packed", relax.TensorType(value.shape, str(value.dtype)))
+            self.packed[old.name] = (var, value)
+        var = self.packed[old.name][0]
+        a = call.attrs
+        return self.builder_.call_te(
+            packed_conv2d, call.args[0], var, strides=[int(s) for s in a.strides],
+            padding=[int(p) for p in a.padding], int8=int8,
+            primfunc_name_hint="packed_conv2d_u8s8" if int8 else "packed_conv2d_f32")
+
+
+def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray]):
+    """Return (module, weights) with every packable conv2d using a packed weight parameter."""
+    packer = _ConvPacker(mod, weights)
+    func = packer.visit_expr(mod[ENTRY])
+    if not packer.packed:
+        return mod, weights
+    used = set(relax.analysis.free_vars(func.body))
+    n_in = num_inputs(mod)
+    params, new_weights = list(func.params[:n_in]), {}
+    for p in func.params[n_in:]:
+        if p.name in packer.packed:
+            var, value = packer.packed[p.name]
+            params.append(var)
+            new_weights[var.name] = value
+        if p in used:
+            params.append(p)
+            new_weights[p.name] = weights[p.name]
+    new_func = relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs, func.span)
+    packer.builder_.update_func(packer.builder_.get().get_global_var(ENTRY), new_func)
+    return packer.builder_.get(), new_weights

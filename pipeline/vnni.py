@@ -1,0 +1,46 @@
+"""AVX512-VNNI tensor intrinsic: 16 lanes of `int32 += 4 x (uint8 * int8)` (one `vpdpbusd`).
+
+TVM's own `dot_16x4_vnni` broadcasts the uint8 operand and passes `<16 x i32>` vectors, which
+the wheel's LLVM 22 rejects for `llvm.x86.avx512.vpdpbusd.512` (it wants `<64 x i8>`). Ours
+fits `packed_conv`'s layout: the uint8 activations are the vector (16 outputs x 4 input
+channels, 64 contiguous bytes) and the 4 int8 weight bytes are broadcast.
+"""
+from __future__ import annotations
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+INTRIN = "tvmq_vnni_u8vec_s8bcast_16x4"
+
+
+@T.prim_func(s_tir=True)
+def _desc(a: T.Buffer((16, 4), "uint8", offset_factor=1),
+          b: T.Buffer((4,), "int8", offset_factor=1),
+          c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:16, 0:4], b[0:4])
+        T.writes(c[0:16])
+        for i, k in T.grid(16, 4):
+            with T.sblock("update"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                c[vi] = c[vi] + T.Cast("int32", a[vi, vk]) * T.Cast("int32", b[vk])
+
+
+@T.prim_func(s_tir=True)
+def _impl(a: T.Buffer((16, 4), "uint8", offset_factor=1),
+          b: T.Buffer((4,), "int8", offset_factor=1),
+          c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:16, 0:4], b[0:4])
+        T.writes(c[0:16])
+        weights = T.reinterpret(T.broadcast(T.reinterpret(b.vload([0], "int8x4"), dtype="int32"), 16),
+                                dtype="int8x64")
+        c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            c.vload([0], dtype="int32x16"),
+            T.reinterpret(a.vload([0, 0], dtype="uint8x64"), dtype="int8x64"),
+            weights,
+            dtype="int32x16")
+
+
+TensorIntrin.register(INTRIN, _desc, _impl, override=True)
