@@ -53,6 +53,22 @@ def op_list(mod: tvm.IRModule) -> list[dict]:
     return calls
 
 
+def packed_kernels(mod: tvm.IRModule) -> dict[str, int]:
+    """How many convolutions run as `packed_conv` kernels, per kind (float32 / uint8 x int8)."""
+    from .packed_conv import KERNEL_NAMES
+
+    counts = {name: 0 for name in KERNEL_NAMES}
+    for block in mod[ENTRY].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                    and value.op.name == "relax.call_tir"):
+                hint = value.args[0].name_hint
+                for name in KERNEL_NAMES:
+                    counts[name] += hint.startswith(name)
+    return counts
+
+
 SCHEDULES = ("default", "none")
 
 
@@ -71,6 +87,22 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "defaul
     return tvm.compile(mod, target)
 
 
+def has_vnni(target: tvm.target.Target) -> bool:
+    return target.kind.name == "llvm" and bool(
+        tvm.target.codegen.target_has_features("avx512vnni", target))
+
+
+def specialize(mod: tvm.IRModule, weights: dict[str, np.ndarray], target: tvm.target.Target,
+               schedules: str):
+    """The module and weights a build runs: with default schedules on CPU, conv2d weights are
+    packed for `packed_conv` (uint8 x int8 convs only where the target has AVX512-VNNI)."""
+    if schedules == "default" and target.kind.name == "llvm":
+        from .packed_conv import pack_convolutions
+
+        return pack_convolutions(mod, weights, int8=has_vnni(target))
+    return mod, weights
+
+
 def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], target_cfg: dict,
            variant: str) -> dict:
     """Build `mod` and write model.so, model.params and manifest.json into `folder`.
@@ -80,11 +112,12 @@ def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], targ
     folder = Path(folder)
     target = make_target(target_cfg)
     schedules = target_cfg.get("schedules", "default")
-    executable = build(mod, target, schedules)
+    built, weights = specialize(mod, weights, target, schedules)
+    executable = build(built, target, schedules)
     executable.export_library(str(folder / LIBRARY_FILE))
     save_params(folder / "model.params", weights)
-    func = mod[ENTRY]
-    n_in = num_inputs(mod)
+    func = built[ENTRY]
+    n_in = num_inputs(built)
     manifest = {
         "variant": variant,
         "entry": ENTRY,
@@ -95,10 +128,11 @@ def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], targ
         "schedules": schedules,
         "tvm_version": tvm.__version__,
         "inputs": [_tensor_spec(p.name, p.ty) for p in func.params[:n_in]],
-        "params": [_tensor_spec(p.name, p.ty) for p in weight_params(mod)],
+        "params": [_tensor_spec(p.name, p.ty) for p in weight_params(built)],
         "outputs": [_tensor_spec("logits", func.ret_ty)],
         "op_counts": op_counts(mod),
         "ops": op_list(mod),
+        "packed_conv2d": packed_kernels(built),
         "how_to_run": "lib = tvm.runtime.load_module(library); vm = relax.VirtualMachine(lib, "
                       "tvm.cpu()); p = tvm.runtime.load_param_dict(open(params_file,'rb').read()); "
                       "vm[entry](x, *[p[q['name']] for q in params])",

@@ -31,7 +31,9 @@ IC_GROUP = 4  # input channels per vpdpbusd lane (uint8 x int8)
 CONV_BLOCK = "tvmq_conv"
 PACK_BLOCK = "tvmq_pack"
 CROP_BLOCK = "tvmq_crop"
+TILE_ATTR = "tvmq.channel_tile"  # output channels per register tile, read by the schedule
 
+KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d")
 FLOAT = ("float32", "float32", "float32")
 U8S8 = ("uint8", "int8", "int32")
 
@@ -87,7 +89,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
             lambda nn, o, y, x: te.sum(
                 packed[nn, rc, y * sh + ry, rx, x, rk].astype("int32")
                 * weight[o // ob, rc, ry, rx, o % ob, rk].astype("int32"), axis=[rc, ry, rx, rk]),
-            name=CONV_BLOCK)
+            name=CONV_BLOCK, attrs={TILE_ATTR: ob})
     else:
         packed = te.compute((n, c, hp, kw, owp), source, name=PACK_BLOCK)
         rc, ry, rx = (te.reduce_axis((0, c), "rc"), te.reduce_axis((0, kh), "ry"),
@@ -96,12 +98,47 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
             (n, ocb * ob, oh, owp),
             lambda nn, o, y, x: te.sum(packed[nn, rc, y * sh + ry, rx, x]
                                        * weight[o // ob, rc, ry, rx, o % ob], axis=[rc, ry, rx]),
-            name=CONV_BLOCK)
+            name=CONV_BLOCK, attrs={TILE_ATTR: ob})
     return te.compute((n, ocb * ob, oh, ow), lambda nn, o, y, x: acc[nn, o, y, x], name=CROP_BLOCK)
+
+
+def packed_depthwise2d(data: te.Tensor, weight: te.Tensor, strides, padding):
+    """NCHW depthwise conv2d (one filter per channel, weight [C, 1, KH, KW] as is) on the same
+    row copy as `packed_conv2d`, so 16 neighbouring outputs are one vector; uint8 x int8 sums
+    in int32."""
+    n, c, h, w = (int(d) for d in data.shape)
+    _, _, kh, kw = (int(d) for d in weight.shape)
+    sh, sw = strides
+    top, left, bottom, right = padding
+    oh = (h + top + bottom - kh) // sh + 1
+    ow = (w + left + right - kw) // sw + 1
+    owp = _ceil(ow, LANES)
+    out_dtype = "int32" if str(data.dtype) == "uint8" else str(data.dtype)
+
+    def source(nn, ch, yp, kx, xp):
+        y, x = yp - top, xp * sw + kx - left
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, xp < ow)
+        return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
+
+    packed = te.compute((n, c, h + top + bottom, kw, owp), source, name=PACK_BLOCK)
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    acc = te.compute(
+        (n, c, oh, owp),
+        lambda nn, ch, y, x: te.sum(packed[nn, ch, y * sh + ry, rx, x].astype(out_dtype)
+                                    * weight[ch, 0, ry, rx].astype(out_dtype), axis=[ry, rx]),
+        name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c)})
+    return te.compute((n, c, oh, ow), lambda nn, ch, y, x: acc[nn, ch, y, x], name=CROP_BLOCK)
 
 
 def _dtypes(call) -> tuple[str, str, str]:
     return (str(call.args[0].ty.dtype), str(call.args[1].ty.dtype), str(call.ty.dtype))
+
+
+def is_depthwise(call) -> bool:
+    """groups == input channels == output channels (one KHxKW filter per channel)."""
+    groups = int(call.attrs.groups)
+    return (groups > 1 and int(call.args[0].ty.shape[1]) == groups
+            and int(call.args[1].ty.shape[0]) == groups and int(call.args[1].ty.shape[1]) == 1)
 
 
 def packable(call, weight_names: set[str]) -> bool:
@@ -112,7 +149,7 @@ def packable(call, weight_names: set[str]) -> bool:
     a = call.attrs
     weight = call.args[1]
     return (isinstance(weight, relax.Var) and weight.name in weight_names
-            and int(a.groups) == 1 and all(int(d) == 1 for d in a.dilation)
+            and (int(a.groups) == 1 or is_depthwise(call)) and all(int(d) == 1 for d in a.dilation)
             and (a.data_layout, a.kernel_layout, a.out_layout or a.data_layout) == ("NCHW", "OIHW", "NCHW")
             and all(isinstance(d, tirx.IntImm) for d in call.args[0].ty.shape)
             and _dtypes(call) in (FLOAT, U8S8))
@@ -120,9 +157,9 @@ def packable(call, weight_names: set[str]) -> bool:
 
 @relax.expr_functor.mutator
 class _ConvPacker(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, weights: dict[str, np.ndarray]):
+    def __init__(self, mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: bool):
         super().__init__(mod)
-        self.mod_, self.weights = mod, weights
+        self.mod_, self.weights, self.int8 = mod, weights, int8
         self.packed: dict[str, tuple[relax.Var, np.ndarray]] = {}  # old name -> new param
 
     def visit_call_(self, call):
@@ -130,22 +167,31 @@ class _ConvPacker(relax.PyExprMutator):
         if not packable(call, set(self.weights)):
             return call
         int8 = _dtypes(call) == U8S8
+        if int8 and not self.int8:
+            return call
+        a = call.attrs
+        strides, padding = [int(s) for s in a.strides], [int(p) for p in a.padding]
+        if is_depthwise(call):
+            return self.builder_.call_te(packed_depthwise2d, call.args[0], call.args[1],
+                                         strides=strides, padding=padding,
+                                         primfunc_name_hint=KERNEL_NAMES[2])
         old = call.args[1]
         if old.name not in self.packed:
             value = pack_weight(self.weights[old.name], int8)
             var = relax.Var(f"{old.name}_packed", relax.TensorType(value.shape, str(value.dtype)))
             self.packed[old.name] = (var, value)
         var = self.packed[old.name][0]
-        a = call.attrs
         return self.builder_.call_te(
-            packed_conv2d, call.args[0], var, strides=[int(s) for s in a.strides],
-            padding=[int(p) for p in a.padding], int8=int8,
-            primfunc_name_hint="packed_conv2d_u8s8" if int8 else "packed_conv2d_f32")
+            packed_conv2d, call.args[0], var, strides=strides, padding=padding, int8=int8,
+            primfunc_name_hint=KERNEL_NAMES[int8])
 
 
-def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray]):
-    """Return (module, weights) with every packable conv2d using a packed weight parameter."""
-    packer = _ConvPacker(mod, weights)
+def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: bool = True):
+    """Return (module, weights) with every packable conv2d using a packed weight parameter.
+
+    int8=False leaves uint8 x int8 convs alone (their kernel needs AVX512-VNNI).
+    """
+    packer = _ConvPacker(mod, weights, int8)
     func = packer.visit_expr(mod[ENTRY])
     if not packer.packed:
         return mod, weights

@@ -87,18 +87,20 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     row of 8 channels then runs the epilogue (bias, requantize, clamp, residual add) while it is
     still in cache. Rows x channel blocks run in parallel; the input copy runs before, parallel.
     """
-    from .packed_conv import CONV_BLOCK, CROP_BLOCK, LANES, PACK_BLOCK
+    from .packed_conv import CONV_BLOCK, CROP_BLOCK, IC_GROUP, LANES, PACK_BLOCK, TILE_ATTR
     from .vnni import INTRIN
 
     conv, pack = blocks[names.index(CONV_BLOCK)], blocks[names.index(PACK_BLOCK)]
-    crop = blocks[names.index(CROP_BLOCK)]
-    for block in blocks[names.index(CROP_BLOCK) + 1:]:
-        sch.reverse_compute_inline(block)
+    # The crop and every fused elementwise op become one epilogue block: the last one.
+    for block in blocks[names.index(CROP_BLOCK):-1]:
+        sch.compute_inline(block)
+    epilogue = blocks[-1]
     stmt = sch.get(conv)
-    weight = stmt.reads[1].source
-    int8 = str(weight.dtype) == "int8"
-    ob = int(weight.shape[-2] if int8 else weight.shape[-1])
+    ob = int(stmt.annotations[TILE_ATTR])
     n, o, y, x, *red = sch.get_loops(conv)
+    # uint8 x int8 with 4 input channels per lane (the innermost reduction) -> VNNI
+    int8 = str(stmt.reads[0].source.dtype) == "uint8" and _extent(sch, red[-1]) == IC_GROUP \
+        and len(red) == 4
     owp = _extent(sch, x)
     xv = 2 if owp % (2 * LANES) == 0 else 1
     local = sch.cache_write(conv, 0, "local")
@@ -107,7 +109,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     inner_red = red[-1:] if int8 else []
     sch.reorder(n, ocb, y, xo, *red[:len(red) - len(inner_red)], oci, xvl, xi, *inner_red)
     sch.reverse_compute_at(local, xo)
-    sch.reverse_compute_at(crop, y)
+    sch.reverse_compute_at(epilogue, y)
     sch.parallel(sch.fuse(n, ocb, y))
     sch.unroll(oci)
     sch.unroll(xvl)
@@ -118,7 +120,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         sch.tensorize(xi, INTRIN)
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
-    _vectorize_inner(sch, crop)
+    _vectorize_inner(sch, epilogue)
     schedule_block(sch, pack)
 
 
