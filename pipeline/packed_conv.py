@@ -32,6 +32,8 @@ CONV_BLOCK = "tvmq_conv"
 PACK_BLOCK = "tvmq_pack"
 CROP_BLOCK = "tvmq_crop"
 TILE_ATTR = "tvmq.channel_tile"  # output channels per register tile, read by the schedule
+PACK_IN_TILE_ATTR = "tvmq.pack_in_tile"  # each channel tile copies its own input rows
+VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int32 lane
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d")
 FLOAT = ("float32", "float32", "float32")
@@ -89,7 +91,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
             lambda nn, o, y, x: te.sum(
                 packed[nn, rc, y * sh + ry, rx, x, rk].astype("int32")
                 * weight[o // ob, rc, ry, rx, o % ob, rk].astype("int32"), axis=[rc, ry, rx, rk]),
-            name=CONV_BLOCK, attrs={TILE_ATTR: ob})
+            name=CONV_BLOCK, attrs={TILE_ATTR: ob, VNNI_ATTR: 1})
     else:
         packed = te.compute((n, c, hp, kw, owp), source, name=PACK_BLOCK)
         rc, ry, rx = (te.reduce_axis((0, c), "rc"), te.reduce_axis((0, kh), "ry"),
@@ -102,31 +104,56 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     return te.compute((n, ocb * ob, oh, ow), lambda nn, o, y, x: acc[nn, o, y, x], name=CROP_BLOCK)
 
 
-def packed_depthwise2d(data: te.Tensor, weight: te.Tensor, strides, padding):
-    """NCHW depthwise conv2d (one filter per channel, weight [C, 1, KH, KW] as is) on the same
-    row copy as `packed_conv2d`, so 16 neighbouring outputs are one vector; uint8 x int8 sums
-    in int32."""
+def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
+    """int8 [C, 1, KH, KW] -> [C, KH, KW/4, 4] (each filter row zero-padded to 4-tap groups)."""
+    c, _, kh, kw = weight.shape
+    padded = np.zeros((c, kh, _ceil(kw, IC_GROUP)), weight.dtype)
+    padded[:, :, :kw] = weight[:, 0]
+    return padded.reshape(c, kh, -1, IC_GROUP)
+
+
+def packed_depthwise2d(data: te.Tensor, weight: te.Tensor, strides, padding, kernel_width: int):
+    """NCHW depthwise conv2d (one filter per channel) on a row copy like `packed_conv2d`'s.
+
+    float32: weight [C, 1, KH, KW] as is, 16 neighbouring outputs per vector FMA.
+    uint8 x int8: weight [C, KH, KW/4, 4]; the copy holds, per output column, 4 neighbouring
+    taps of a filter row, so 4 taps of 16 outputs are one `vpdpbusd` (3x3: 3 per 16 outputs).
+    """
     n, c, h, w = (int(d) for d in data.shape)
-    _, _, kh, kw = (int(d) for d in weight.shape)
+    int8 = str(data.dtype) == "uint8"
+    kh, kw = int(weight.shape[1] if int8 else weight.shape[2]), kernel_width
     sh, sw = strides
     top, left, bottom, right = padding
     oh = (h + top + bottom - kh) // sh + 1
     ow = (w + left + right - kw) // sw + 1
     owp = _ceil(ow, LANES)
-    out_dtype = "int32" if str(data.dtype) == "uint8" else str(data.dtype)
+    hp = h + top + bottom
 
     def source(nn, ch, yp, kx, xp):
         y, x = yp - top, xp * sw + kx - left
-        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, xp < ow)
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, xp < ow, kx < kw)
         return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
 
-    packed = te.compute((n, c, h + top + bottom, kw, owp), source, name=PACK_BLOCK)
-    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-    acc = te.compute(
-        (n, c, oh, owp),
-        lambda nn, ch, y, x: te.sum(packed[nn, ch, y * sh + ry, rx, x].astype(out_dtype)
-                                    * weight[ch, 0, ry, rx].astype(out_dtype), axis=[ry, rx]),
-        name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c)})
+    if int8:
+        groups = _ceil(kw, IC_GROUP) // IC_GROUP
+        packed = te.compute((n, c, hp, groups, owp, IC_GROUP),
+                            lambda nn, ch, yp, g, xp, k: source(nn, ch, yp, g * IC_GROUP + k, xp),
+                            name=PACK_BLOCK)
+        ry, rg, rk = (te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, groups), "rg"),
+                      te.reduce_axis((0, IC_GROUP), "rk"))
+        acc = te.compute(
+            (n, c, oh, owp),
+            lambda nn, ch, y, x: te.sum(packed[nn, ch, y * sh + ry, rg, x, rk].astype("int32")
+                                        * weight[ch, ry, rg, rk].astype("int32"), axis=[ry, rg, rk]),
+            name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c), VNNI_ATTR: 1, PACK_IN_TILE_ATTR: 1})
+    else:
+        packed = te.compute((n, c, hp, kw, owp), source, name=PACK_BLOCK)
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        acc = te.compute(
+            (n, c, oh, owp),
+            lambda nn, ch, y, x: te.sum(packed[nn, ch, y * sh + ry, rx, x] * weight[ch, 0, ry, rx],
+                                        axis=[ry, rx]),
+            name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c)})
     return te.compute((n, c, oh, ow), lambda nn, ch, y, x: acc[nn, ch, y, x], name=CROP_BLOCK)
 
 
@@ -161,6 +188,7 @@ class _ConvPacker(relax.PyExprMutator):
         super().__init__(mod)
         self.mod_, self.weights, self.int8 = mod, weights, int8
         self.packed: dict[str, tuple[relax.Var, np.ndarray]] = {}  # old name -> new param
+        self.rewritten = 0
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -169,18 +197,25 @@ class _ConvPacker(relax.PyExprMutator):
         int8 = _dtypes(call) == U8S8
         if int8 and not self.int8:
             return call
+        self.rewritten += 1
         a = call.attrs
         strides, padding = [int(s) for s in a.strides], [int(p) for p in a.padding]
-        if is_depthwise(call):
-            return self.builder_.call_te(packed_depthwise2d, call.args[0], call.args[1],
-                                         strides=strides, padding=padding,
-                                         primfunc_name_hint=KERNEL_NAMES[2])
+        depthwise = is_depthwise(call)
         old = call.args[1]
+        if depthwise and not int8:
+            return self.builder_.call_te(packed_depthwise2d, call.args[0], old, strides=strides,
+                                         padding=padding, kernel_width=int(old.ty.shape[3]),
+                                         primfunc_name_hint=KERNEL_NAMES[2])
         if old.name not in self.packed:
-            value = pack_weight(self.weights[old.name], int8)
+            value = self.weights[old.name]
+            value = pack_depthwise_weight(value) if depthwise else pack_weight(value, int8)
             var = relax.Var(f"{old.name}_packed", relax.TensorType(value.shape, str(value.dtype)))
             self.packed[old.name] = (var, value)
         var = self.packed[old.name][0]
+        if depthwise:
+            return self.builder_.call_te(packed_depthwise2d, call.args[0], var, strides=strides,
+                                         padding=padding, kernel_width=int(old.ty.shape[3]),
+                                         primfunc_name_hint=KERNEL_NAMES[2])
         return self.builder_.call_te(
             packed_conv2d, call.args[0], var, strides=strides, padding=padding, int8=int8,
             primfunc_name_hint=KERNEL_NAMES[int8])
@@ -193,7 +228,7 @@ def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: b
     """
     packer = _ConvPacker(mod, weights, int8)
     func = packer.visit_expr(mod[ENTRY])
-    if not packer.packed:
+    if not packer.rewritten:
         return mod, weights
     used = set(relax.analysis.free_vars(func.body))
     n_in = num_inputs(mod)
@@ -209,3 +244,4 @@ def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: b
     new_func = relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs, func.span)
     packer.builder_.update_func(packer.builder_.get().get_global_var(ENTRY), new_func)
     return packer.builder_.get(), new_weights
+

@@ -87,7 +87,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     row of 8 channels then runs the epilogue (bias, requantize, clamp, residual add) while it is
     still in cache. Rows x channel blocks run in parallel; the input copy runs before, parallel.
     """
-    from .packed_conv import CONV_BLOCK, CROP_BLOCK, IC_GROUP, LANES, PACK_BLOCK, TILE_ATTR
+    from .packed_conv import CONV_BLOCK, CROP_BLOCK, LANES, PACK_BLOCK, TILE_ATTR, VNNI_ATTR, PACK_IN_TILE_ATTR
     from .vnni import INTRIN
 
     conv, pack = blocks[names.index(CONV_BLOCK)], blocks[names.index(PACK_BLOCK)]
@@ -98,9 +98,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     stmt = sch.get(conv)
     ob = int(stmt.annotations[TILE_ATTR])
     n, o, y, x, *red = sch.get_loops(conv)
-    # uint8 x int8 with 4 input channels per lane (the innermost reduction) -> VNNI
-    int8 = str(stmt.reads[0].source.dtype) == "uint8" and _extent(sch, red[-1]) == IC_GROUP \
-        and len(red) == 4
+    int8 = VNNI_ATTR in stmt.annotations  # innermost reduction: 4 products per int32 lane
     owp = _extent(sch, x)
     xv = 2 if owp % (2 * LANES) == 0 else 1
     local = sch.cache_write(conv, 0, "local")
@@ -110,7 +108,13 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     sch.reorder(n, ocb, y, xo, *red[:len(red) - len(inner_red)], oci, xvl, xi, *inner_red)
     sch.reverse_compute_at(local, xo)
     sch.reverse_compute_at(epilogue, y)
-    sch.parallel(sch.fuse(n, ocb, y))
+    pack_in_tile = PACK_IN_TILE_ATTR in stmt.annotations
+    if pack_in_tile:  # depthwise uint8: each channel tile copies its own rows (hot in cache)
+        outer = sch.fuse(n, ocb)
+        sch.parallel(outer)
+        sch.compute_at(pack, outer)
+    else:
+        sch.parallel(sch.fuse(n, ocb, y))
     sch.unroll(oci)
     sch.unroll(xvl)
     if not int8:
@@ -121,7 +125,10 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
     _vectorize_inner(sch, epilogue)
-    schedule_block(sch, pack)
+    if pack_in_tile:
+        _vectorize_inner(sch, pack)
+    else:
+        schedule_block(sch, pack)
 
 
 class PackedConvSchedule(dl.ScheduleRule):
