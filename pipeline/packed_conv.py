@@ -33,7 +33,8 @@ PACK_BLOCK = "tvmq_pack"
 CROP_BLOCK = "tvmq_crop"
 TILE_ATTR = "tvmq.channel_tile"  # output channels per register tile, read by the schedule
 PACK_IN_TILE_ATTR = "tvmq.pack_in_tile"  # each channel tile copies its own input rows
-VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int32 lane
+VNNI_ATTR = "tvmq.vnni"
+FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)  # innermost reduction = 4 uint8 x int8 products per int32 lane
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d")
 FLOAT = ("float32", "float32", "float32")
@@ -61,46 +62,71 @@ def pack_weight(weight: np.ndarray, int8: bool) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
 
 
+def flat_maps(out_width: int) -> bool:
+    """Small maps (e.g. 7x7): a vector of 16 would hold one short row, mostly padding; such
+    convs lay the whole output map flat (position = y * OW + x) and copy full KHxKW windows."""
+    return 4 * out_width < 3 * _ceil(out_width, LANES)
+
+
 def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bool):
-    """NCHW conv2d from a packed weight; output NCHW (float32, or int32 for uint8 x int8)."""
+    """NCHW conv2d from a packed weight; output NCHW (float32, or int32 for uint8 x int8).
+
+    The input copy is `[C, H+pad, KW, OWp]` (one row per output row and kernel column), or for
+    `flat_maps` `[C, KH, KW, OH*OW rounded up to 16]`; uint8 adds an innermost axis of 4 input
+    channels. Either way the 16 lanes of a vector are neighbouring outputs.
+    """
     n, c, h, w = (int(d) for d in data.shape)
-    if int8:
-        ocb, icb, kh, kw, ob, _ = (int(d) for d in weight.shape)
-    else:
-        ocb, icb, kh, kw, ob = (int(d) for d in weight.shape)
+    ocb, icb, kh, kw, ob = (int(d) for d in weight.shape[:5])
     sh, sw = strides
     top, left, bottom, right = padding
     oh = (h + top + bottom - kh) // sh + 1
     ow = (w + left + right - kw) // sw + 1
-    owp = _ceil(ow, LANES)
-    hp = h + top + bottom
+    flat = flat_maps(ow)
 
-    def source(nn, ch, yp, kx, xp):
-        y, x = yp - top, xp * sw + kx - left
-        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, xp < ow, ch < c)
+    def source(nn, ch, y, x, valid):
+        y, x = y - top, x - left
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, ch < c, valid)
         return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
 
+    if flat:  # copy [ch, ky, kx, p]; output position p = y * ow + x
+        pp = _ceil(oh * ow, LANES)
+        copy_shape, out_shape = (kh, kw, pp), (n, ocb * ob, pp)
+
+        def window(nn, ch, ky, kx, p):
+            return source(nn, ch, p // ow * sh + ky, p % ow * sw + kx, p < oh * ow)
+
+        def tap(ry, rx, out):  # copy index of output `out` (p) and kernel tap (ry, rx)
+            return (ry, rx, out[0])
+    else:  # copy [ch, row, kx, x]
+        owp = _ceil(ow, LANES)
+        copy_shape, out_shape = (h + top + bottom, kw, owp), (n, ocb * ob, oh, owp)
+
+        def window(nn, ch, yp, kx, xp):
+            return source(nn, ch, yp, xp * sw + kx, xp < ow)
+
+        def tap(ry, rx, out):
+            return (out[0] * sh + ry, rx, out[1])
+
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat)}
     if int8:
-        packed = te.compute((n, icb, hp, kw, owp, IC_GROUP),
-                            lambda nn, cb, yp, kx, xp, k: source(nn, cb * IC_GROUP + k, yp, kx, xp),
+        packed = te.compute((n, icb, *copy_shape, IC_GROUP),
+                            lambda nn, cb, a, b, q, k: window(nn, cb * IC_GROUP + k, a, b, q),
                             name=PACK_BLOCK)
-        rc, ry, rx, rk = (te.reduce_axis((0, icb), "rc"), te.reduce_axis((0, kh), "ry"),
-                          te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, IC_GROUP), "rk"))
-        acc = te.compute(
-            (n, ocb * ob, oh, owp),
-            lambda nn, o, y, x: te.sum(
-                packed[nn, rc, y * sh + ry, rx, x, rk].astype("int32")
-                * weight[o // ob, rc, ry, rx, o % ob, rk].astype("int32"), axis=[rc, ry, rx, rk]),
-            name=CONV_BLOCK, attrs={TILE_ATTR: ob, VNNI_ATTR: 1})
+        rc, rk = te.reduce_axis((0, icb), "rc"), te.reduce_axis((0, IC_GROUP), "rk")
+        acc = te.compute(out_shape, lambda nn, o, *out: te.sum(
+            packed[(nn, rc, *tap(ry, rx, out), rk)].astype("int32")
+            * weight[o // ob, rc, ry, rx, o % ob, rk].astype("int32"), axis=[rc, ry, rx, rk]),
+            name=CONV_BLOCK, attrs={**attrs, VNNI_ATTR: 1})
     else:
-        packed = te.compute((n, c, hp, kw, owp), source, name=PACK_BLOCK)
-        rc, ry, rx = (te.reduce_axis((0, c), "rc"), te.reduce_axis((0, kh), "ry"),
-                      te.reduce_axis((0, kw), "rx"))
-        acc = te.compute(
-            (n, ocb * ob, oh, owp),
-            lambda nn, o, y, x: te.sum(packed[nn, rc, y * sh + ry, rx, x]
-                                       * weight[o // ob, rc, ry, rx, o % ob], axis=[rc, ry, rx]),
-            name=CONV_BLOCK, attrs={TILE_ATTR: ob})
+        packed = te.compute((n, c, *copy_shape), window, name=PACK_BLOCK)
+        rc = te.reduce_axis((0, c), "rc")
+        acc = te.compute(out_shape, lambda nn, o, *out: te.sum(
+            packed[(nn, rc, *tap(ry, rx, out))] * weight[o // ob, rc, ry, rx, o % ob],
+            axis=[rc, ry, rx]), name=CONV_BLOCK, attrs=attrs)
+    if flat:
+        return te.compute((n, ocb * ob, oh, ow), lambda nn, o, y, x: acc[nn, o, y * ow + x],
+                          name=CROP_BLOCK)
     return te.compute((n, ocb * ob, oh, ow), lambda nn, o, y, x: acc[nn, o, y, x], name=CROP_BLOCK)
 
 

@@ -87,7 +87,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     row of 8 channels then runs the epilogue (bias, requantize, clamp, residual add) while it is
     still in cache. Rows x channel blocks run in parallel; the input copy runs before, parallel.
     """
-    from .packed_conv import CONV_BLOCK, CROP_BLOCK, LANES, PACK_BLOCK, TILE_ATTR, VNNI_ATTR, PACK_IN_TILE_ATTR
+    from .packed_conv import CONV_BLOCK, CROP_BLOCK, LANES, PACK_BLOCK, TILE_ATTR, VNNI_ATTR, PACK_IN_TILE_ATTR, FLAT_ATTR
     from .vnni import INTRIN
 
     conv, pack = blocks[names.index(CONV_BLOCK)], blocks[names.index(PACK_BLOCK)]
@@ -97,7 +97,13 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     epilogue = blocks[-1]
     stmt = sch.get(conv)
     ob = int(stmt.annotations[TILE_ATTR])
-    n, o, y, x, *red = sch.get_loops(conv)
+    flat = bool(stmt.annotations.get(FLAT_ATTR, 0))
+    if flat:
+        n, o, x, *red = sch.get_loops(conv)
+        rows = []
+    else:
+        n, o, y, x, *red = sch.get_loops(conv)
+        rows = [y]
     int8 = VNNI_ATTR in stmt.annotations  # innermost reduction: 4 products per int32 lane
     owp = _extent(sch, x)
     xv = 2 if owp % (2 * LANES) == 0 else 1
@@ -105,16 +111,17 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     ocb, oci = sch.split(o, [None, ob])
     xo, xvl, xi = sch.split(x, [None, xv, LANES])
     inner_red = red[-1:] if int8 else []
-    sch.reorder(n, ocb, y, xo, *red[:len(red) - len(inner_red)], oci, xvl, xi, *inner_red)
+    sch.reorder(n, ocb, *rows, xo, *red[:len(red) - len(inner_red)], oci, xvl, xi, *inner_red)
     sch.reverse_compute_at(local, xo)
-    sch.reverse_compute_at(epilogue, y)
     pack_in_tile = PACK_IN_TILE_ATTR in stmt.annotations
     if pack_in_tile:  # depthwise uint8: each channel tile copies its own rows (hot in cache)
         outer = sch.fuse(n, ocb)
         sch.parallel(outer)
         sch.compute_at(pack, outer)
     else:
-        sch.parallel(sch.fuse(n, ocb, y))
+        outer = sch.fuse(n, ocb, *rows)
+        sch.parallel(outer)
+    sch.reverse_compute_at(epilogue, rows[0] if pack_in_tile and rows else outer)
     sch.unroll(oci)
     sch.unroll(xvl)
     if not int8:

@@ -25,6 +25,8 @@ needs_vnni = pytest.mark.skipif("avx512_vnni" not in cpu_flags(),
 # (in channels, out channels, size, kernel, stride, padding, groups)
 CASES = [
     (16, 32, 14, 3, 1, 1, 1),      # OW 14 < one vector of 16
+    (24, 16, 7, 3, 1, 1, 1),       # 7x7 map: laid flat (49 of 64 lanes)
+    (20, 16, 14, 3, 2, 1, 1),      # strided to a 7x7 flat map, channels not a multiple of 8
     (6, 12, 9, 3, 2, 1, 1),        # in channels not a multiple of 4, out not of 8
     (3, 16, 35, 7, 2, 3, 1),       # RGB stem, odd size, big kernel
     (32, 24, 32, 1, 1, 0, 1),      # OW 32 = two vectors per tile
