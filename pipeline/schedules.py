@@ -15,6 +15,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
 VECTOR = (16, 8, 4, 2)
+VECTORS_PER_TILE = 2  # packed_conv register tile: channel tile x this many 16-lane vectors
 
 
 def _extent(sch, loop) -> int | None:
@@ -106,7 +107,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         rows = [y]
     int8 = VNNI_ATTR in stmt.annotations  # innermost reduction: 4 products per int32 lane
     owp = _extent(sch, x)
-    xv = 2 if owp % (2 * LANES) == 0 else 1
+    xv = next(v for v in (VECTORS_PER_TILE, 2, 1) if owp % (v * LANES) == 0)
     local = sch.cache_write(conv, 0, "local")
     ocb, oci = sch.split(o, [None, ob])
     xo, xvl, xi = sch.split(x, [None, xv, LANES])
