@@ -34,7 +34,8 @@ CROP_BLOCK = "tvmq_crop"
 TILE_ATTR = "tvmq.channel_tile"  # output channels per register tile, read by the schedule
 PACK_IN_TILE_ATTR = "tvmq.pack_in_tile"  # each channel tile copies its own input rows
 VNNI_ATTR = "tvmq.vnni"
-FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)  # innermost reduction = 4 uint8 x int8 products per int32 lane
+FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)
+FLAT_PADDED = 2  # FLAT_ATTR value when the flat map is padded past OH*OW  # innermost reduction = 4 uint8 x int8 products per int32 lane
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d")
 FLOAT = ("float32", "float32", "float32")
@@ -100,7 +101,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
         def tap(ry, rx, out):  # copy index of output `out` (p) and kernel tap (ry, rx)
             return (ry, rx, out[0])
     else:  # copy [ch, row, kx, x]
-        owp = _ceil(ow, LANES)
+        owp = pp = _ceil(ow, LANES)
         copy_shape, out_shape = (h + top + bottom, kw, owp), (n, ocb * ob, oh, owp)
 
         def window(nn, ch, yp, kx, xp):
@@ -110,7 +111,8 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
             return (out[0] * sh + ry, rx, out[1])
 
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-    attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat)}
+    # FLAT_ATTR: 0 rows, 1 flat, 2 flat with padding positions past OH*OW
+    attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat) + int(flat and pp != oh * ow)}
     if int8:
         packed = te.compute((n, icb, *copy_shape, IC_GROUP),
                             lambda nn, cb, a, b, q, k: window(nn, cb * IC_GROUP + k, a, b, q),

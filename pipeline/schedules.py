@@ -88,7 +88,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     row of 8 channels then runs the epilogue (bias, requantize, clamp, residual add) while it is
     still in cache. Rows x channel blocks run in parallel; the input copy runs before, parallel.
     """
-    from .packed_conv import CONV_BLOCK, CROP_BLOCK, LANES, PACK_BLOCK, TILE_ATTR, VNNI_ATTR, PACK_IN_TILE_ATTR, FLAT_ATTR
+    from .packed_conv import CONV_BLOCK, CROP_BLOCK, LANES, PACK_BLOCK, TILE_ATTR, VNNI_ATTR, PACK_IN_TILE_ATTR, FLAT_ATTR, FLAT_PADDED
     from .vnni import INTRIN
 
     conv, pack = blocks[names.index(CONV_BLOCK)], blocks[names.index(PACK_BLOCK)]
@@ -122,7 +122,10 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     else:
         outer = sch.fuse(n, ocb, *rows)
         sch.parallel(outer)
-    sch.reverse_compute_at(epilogue, rows[0] if pack_in_tile and rows else outer)
+    # A flat map padded past OH*OW (e.g. 7x7 in 64 lanes) keeps its epilogue as a separate
+    # parallel loop: reverse_compute_at would derive a wrong (too short) row for y * OW + x.
+    if stmt.annotations.get(FLAT_ATTR, 0) != FLAT_PADDED:
+        sch.reverse_compute_at(epilogue, rows[0] if pack_in_tile and rows else outer)
     sch.unroll(oci)
     sch.unroll(xvl)
     if not int8:
@@ -132,7 +135,10 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         sch.tensorize(xi, INTRIN)
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
-    _vectorize_inner(sch, epilogue)
+    if stmt.annotations.get(FLAT_ATTR, 0) == FLAT_PADDED:
+        schedule_block(sch, epilogue)
+    else:
+        _vectorize_inner(sch, epilogue)
     if pack_in_tile:
         _vectorize_inner(sch, pack)
     else:
