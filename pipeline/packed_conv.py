@@ -63,6 +63,23 @@ def pack_weight(weight: np.ndarray, int8: bool) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
 
 
+def guarded_load(data: te.Tensor, nn, ch, y, x, inside, branch: bool = False):
+    """data[nn, ch, y, x] where `inside`, else 0. By default without a branch: the indices are
+    clamped into range and the value selected, so the float copy loops vectorize (fp32 convs
+    1.5x faster on EfficientNet-Lite0); `branch` keeps if-then-else, measured faster for the
+    uint8 copies that interleave 4 channels or taps per lane (ResNet50 int8 -8 %, Lite0's
+    depthwise int8 -40 %)."""
+    if branch:
+        return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
+    _, c, h, w = (int(d) for d in data.shape)
+
+    def clamp(v, extent):
+        return tirx.max(tirx.min(v, extent - 1), 0)
+
+    value = data[nn, clamp(ch, c), clamp(y, h), clamp(x, w)]
+    return tirx.Select(inside, value, tirx.const(0, data.dtype))
+
+
 def flat_maps(out_width: int) -> bool:
     """Small maps (e.g. 7x7): a vector of 16 would hold one short row, mostly padding; such
     convs (and all 1x1 convs, whose copy is then just the input) lay the whole output map flat
@@ -89,7 +106,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     def source(nn, ch, y, x, valid):
         y, x = y - top, x - left
         inside = tirx.all(y >= 0, y < h, x >= 0, x < w, ch < c, valid)
-        return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
+        return guarded_load(data, nn, ch, y, x, inside, branch=int8)
 
     if flat:  # copy [ch, ky, kx, p]; output position p = y * ow + x
         pp = _ceil(oh * ow, LANES)
@@ -162,7 +179,7 @@ def packed_depthwise2d(data: te.Tensor, weight: te.Tensor, strides, padding, ker
     def source(nn, ch, yp, kx, xp):
         y, x = yp - top, xp * sw + kx - left
         inside = tirx.all(y >= 0, y < h, x >= 0, x < w, xp < ow, kx < kw)
-        return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
+        return guarded_load(data, nn, ch, y, x, inside, branch=int8)
 
     if int8:
         groups = _ceil(kw, IC_GROUP) // IC_GROUP
