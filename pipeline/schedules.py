@@ -114,7 +114,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     inner_red = red[-1:] if int8 else []
     sch.reorder(n, ocb, *rows, xo, *red[:len(red) - len(inner_red)], oci, xvl, xi, *inner_red)
     sch.reverse_compute_at(local, xo)
-    pack_in_tile = PACK_IN_TILE_ATTR in stmt.annotations
+    pack_in_tile = bool(int(stmt.annotations.get(PACK_IN_TILE_ATTR, 0)))
     if pack_in_tile:  # depthwise uint8: each channel tile copies its own rows (hot in cache)
         outer = sch.fuse(n, ocb)
         sch.parallel(outer)
