@@ -151,56 +151,37 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     return te.compute((n, ocb * ob, oh, ow), lambda nn, o, y, x: acc[nn, o, y, x], name=CROP_BLOCK)
 
 
-def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
-    """int8 [C, 1, KH, KW] -> [C, KH, KW/4, 4] (each filter row zero-padded to 4-tap groups)."""
-    c, _, kh, kw = weight.shape
-    padded = np.zeros((c, kh, _ceil(kw, IC_GROUP)), weight.dtype)
-    padded[:, :, :kw] = weight[:, 0]
-    return padded.reshape(c, kh, -1, IC_GROUP)
+def packed_depthwise2d(data: te.Tensor, weight: te.Tensor, strides, padding):
+    """NCHW depthwise conv2d (one KHxKW filter per channel, weight [C, 1, KH, KW] as is).
 
-
-def packed_depthwise2d(data: te.Tensor, weight: te.Tensor, strides, padding, kernel_width: int):
-    """NCHW depthwise conv2d (one filter per channel) on a row copy like `packed_conv2d`'s.
-
-    float32: weight [C, 1, KH, KW] as is, 16 neighbouring outputs per vector FMA.
-    uint8 x int8: weight [C, KH, KW/4, 4]; the copy holds, per output column, 4 neighbouring
-    taps of a filter row, so 4 taps of 16 outputs are one `vpdpbusd` (3x3: 3 per 16 outputs).
+    The input copy holds each padded row split by column phase (`[C, H+pad, SW, W/SW + ...]`,
+    one phase for stride 1), so for every kernel tap the 16 neighbouring outputs read 16
+    contiguous inputs: no per-tap expansion of the copy. uint8 x int8 accumulates in int32.
     """
     n, c, h, w = (int(d) for d in data.shape)
-    int8 = str(data.dtype) == "uint8"
-    kh, kw = int(weight.shape[1] if int8 else weight.shape[2]), kernel_width
+    _, _, kh, kw = (int(d) for d in weight.shape)
     sh, sw = strides
     top, left, bottom, right = padding
     oh = (h + top + bottom - kh) // sh + 1
     ow = (w + left + right - kw) // sw + 1
     owp = _ceil(ow, LANES)
-    hp = h + top + bottom
+    columns = owp + (kw - 1) // sw  # per phase: what the last vector of the last tap reads
+    int8 = str(data.dtype) == "uint8"
+    out_dtype = "int32" if int8 else str(data.dtype)
 
-    def source(nn, ch, yp, kx, xp):
-        y, x = yp - top, xp * sw + kx - left
-        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, xp < ow, kx < kw)
-        return guarded_load(data, nn, ch, y, x, inside, branch=int8)
+    def source(nn, ch, yp, phase, xq):
+        y, x = yp - top, xq * sw + phase - left
+        return guarded_load(data, nn, ch, y, x, tirx.all(y >= 0, y < h, x >= 0, x < w),
+                            branch=int8)
 
-    if int8:
-        groups = _ceil(kw, IC_GROUP) // IC_GROUP
-        packed = te.compute((n, c, hp, groups, owp, IC_GROUP),
-                            lambda nn, ch, yp, g, xp, k: source(nn, ch, yp, g * IC_GROUP + k, xp),
-                            name=PACK_BLOCK)
-        ry, rg, rk = (te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, groups), "rg"),
-                      te.reduce_axis((0, IC_GROUP), "rk"))
-        acc = te.compute(
-            (n, c, oh, owp),
-            lambda nn, ch, y, x: te.sum(packed[nn, ch, y * sh + ry, rg, x, rk].astype("int32")
-                                        * weight[ch, ry, rg, rk].astype("int32"), axis=[ry, rg, rk]),
-            name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c), VNNI_ATTR: 1, PACK_IN_TILE_ATTR: 1})
-    else:
-        packed = te.compute((n, c, hp, kw, owp), source, name=PACK_BLOCK)
-        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        acc = te.compute(
-            (n, c, oh, owp),
-            lambda nn, ch, y, x: te.sum(packed[nn, ch, y * sh + ry, rx, x] * weight[ch, 0, ry, rx],
-                                        axis=[ry, rx]),
-            name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c)})
+    packed = te.compute((n, c, h + top + bottom, sw, columns), source, name=PACK_BLOCK)
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    acc = te.compute(
+        (n, c, oh, owp),
+        lambda nn, ch, y, x: te.sum(
+            packed[nn, ch, y * sh + ry, rx % sw, x + rx // sw].astype(out_dtype)
+            * weight[ch, 0, ry, rx].astype(out_dtype), axis=[ry, rx]),
+        name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c), PACK_IN_TILE_ATTR: 1})
     return te.compute((n, c, oh, ow), lambda nn, ch, y, x: acc[nn, ch, y, x], name=CROP_BLOCK)
 
 
@@ -247,22 +228,15 @@ class _ConvPacker(relax.PyExprMutator):
         self.rewritten += 1
         a = call.attrs
         strides, padding = [int(s) for s in a.strides], [int(p) for p in a.padding]
-        depthwise = is_depthwise(call)
         old = call.args[1]
-        if depthwise and not int8:
+        if is_depthwise(call):
             return self.builder_.call_te(packed_depthwise2d, call.args[0], old, strides=strides,
-                                         padding=padding, kernel_width=int(old.ty.shape[3]),
-                                         primfunc_name_hint=KERNEL_NAMES[2])
+                                         padding=padding, primfunc_name_hint=KERNEL_NAMES[2])
         if old.name not in self.packed:
-            value = self.weights[old.name]
-            value = pack_depthwise_weight(value) if depthwise else pack_weight(value, int8)
+            value = pack_weight(self.weights[old.name], int8)
             var = relax.Var(f"{old.name}_packed", relax.TensorType(value.shape, str(value.dtype)))
             self.packed[old.name] = (var, value)
         var = self.packed[old.name][0]
-        if depthwise:
-            return self.builder_.call_te(packed_depthwise2d, call.args[0], var, strides=strides,
-                                         padding=padding, kernel_width=int(old.ty.shape[3]),
-                                         primfunc_name_hint=KERNEL_NAMES[2])
         return self.builder_.call_te(
             packed_conv2d, call.args[0], var, strides=strides, padding=padding, int8=int8,
             primfunc_name_hint=KERNEL_NAMES[int8])

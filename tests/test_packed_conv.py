@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 
 from pipeline.compile import build, has_vnni, packed_kernels, specialize
-from pipeline.packed_conv import pack_depthwise_weight, pack_weight
+from pipeline.packed_conv import pack_weight
 from pipeline.relax_io import ENTRY, weight_params
 from pipeline.runner import cpu_flags
 
@@ -141,6 +141,3 @@ def test_weight_packing_layouts():
     q = pack_weight((w % 200 - 100).astype(np.int8), int8=True)
     assert q.shape == (2, 2, 3, 3, 8, 4)  # 6 input channels padded to 8 with zeros
     assert q[1, 1, 2, 0, 7, 1] == (w[15, 5, 2, 0] % 200 - 100) and q[1, 1, 2, 0, 7, 2] == 0
-    d = pack_depthwise_weight((w[:, :1] % 200 - 100).astype(np.int8))
-    assert d.shape == (16, 3, 1, 4)  # 3 taps per filter row padded to one group of 4
-    assert d[9, 2, 0, 2] == (w[9, 0, 2, 2] % 200 - 100) and d[9, 2, 0, 3] == 0
