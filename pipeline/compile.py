@@ -103,6 +103,17 @@ def specialize(mod: tvm.IRModule, weights: dict[str, np.ndarray], target: tvm.ta
     return mod, weights
 
 
+def cpu_vm(mod: tvm.IRModule, weights: dict[str, np.ndarray],
+           target: tvm.target.Target | None = None):
+    """(VirtualMachine, weight arguments) for running `mod` in this process on the CPU, built
+    with the default schedules (packed convolutions) for `target` (generic llvm by default, so
+    calibration gives the same numbers on every x86 machine)."""
+    target = target or tvm.target.Target("llvm")
+    mod, weights = specialize(mod, weights, target, "default")
+    vm = relax.VirtualMachine(build(mod, target), tvm.cpu())
+    return vm, [tvm.runtime.tensor(weights[p.name]) for p in weight_params(mod)]
+
+
 def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], target_cfg: dict,
            variant: str) -> dict:
     """Build `mod` and write model.so, model.params and manifest.json into `folder`.

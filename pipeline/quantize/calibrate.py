@@ -14,14 +14,14 @@ import tvm
 from tqdm import tqdm
 from tvm import relax
 
-from ..compile import build
+from ..compile import cpu_vm
 from ..relax_io import ENTRY, num_inputs
 
 SAMPLES_PER_IMAGE = 512
 KEEP_FULL_IMAGES = 4  # full fp32 tensors kept for per-layer SQNR in the report
 
 
-FORMAT_VERSION = 3  # bump when what `collect` returns changes (joblib caches keyed on it)
+FORMAT_VERSION = 4  # bump when what `collect` returns changes (joblib caches keyed on it)
 
 
 @dataclass
@@ -66,9 +66,7 @@ def collect(mod: tvm.IRModule, weights: dict[str, np.ndarray], inputs: np.ndarra
     """(stats per activation binding in program order, full tensors of the first images,
     fp32 logits of every image)."""
     inst = instrument(mod)
-    executable = build(inst, tvm.target.Target("llvm"))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    weight_args = [tvm.runtime.tensor(weights[p.name]) for p in inst[ENTRY].params[num_inputs(mod):]]
+    vm, weight_args = cpu_vm(inst, weights)
     rng = np.random.default_rng(seed)
     returned = [i for i, v in enumerate(activation_vars(mod)) if v.same_as(mod[ENTRY].body.body)]
     lows, highs, samples, sums, full, logits = None, None, None, None, [], []

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tqdm import tqdm
-from tvm import relax
 
-from ..compile import build
+from ..compile import cpu_vm
 from ..relax_io import ENTRY, weight_params
 from .calibrate import activation_vars, choose_range, collect
 from .config import QConfig, current_qconfig
@@ -31,10 +30,6 @@ def default_float_units(mod: tvm.IRModule, cfg: QConfig) -> dict[str, str]:
     return keep
 
 
-def _vm(mod):
-    return relax.VirtualMachine(build(mod, tvm.target.Target("llvm")), tvm.cpu())
-
-
 def channel_means_for(mod: tvm.IRModule, stats) -> dict:
     return {v: s.channel_mean for v, s in zip(activation_vars(mod), stats)}
 
@@ -49,8 +44,7 @@ def layer_sqnr(make_realizer, mod, calibration, full) -> dict[str, tuple[float, 
     realizer = make_realizer(probes=True)
     probe_mod, probe_w, _ = realizer.run()
     position = {v: i for i, v in enumerate(activation_vars(mod))}
-    vm = _vm(probe_mod)
-    args = [tvm.runtime.tensor(probe_w[p.name]) for p in weight_params(probe_mod)]
+    vm, args = cpu_vm(probe_mod, probe_w)
     ref = {n: [] for n, _ in realizer.probe_vars}
     got = {n: [] for n, _ in realizer.probe_vars}
     for i, reference in enumerate(full):
@@ -103,8 +97,7 @@ def quantize_with_report(mod: tvm.IRModule, params: dict[str, np.ndarray], calib
         reference = fp32_logits.argmax(axis=1)
         for step in range(cfg.max_float_layers + 1):
             qmod, qparams, _ = make_realizer().run()
-            vm = _vm(qmod)
-            args = [tvm.runtime.tensor(qparams[p.name]) for p in weight_params(qmod)]
+            vm, args = cpu_vm(qmod, qparams)
             agree = float(np.mean(top1(vm, args, calibration, f"budget check {step}") == reference))
             summary[f"budget_step{step}_agreement"] = agree
             if 1.0 - agree <= cfg.accuracy_budget or step == cfg.max_float_layers:
