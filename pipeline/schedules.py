@@ -1,8 +1,8 @@
-"""Default CPU schedules (no tuning): parallel outer spatial loops, vectorized inner loop.
+"""Default CPU schedules (no tuning), as `tvm.s_tir.dlight` rules (dlight has no CPU conv rule).
 
 Untuned Relax lowers every op to naive single-threaded loops (EfficientNet-Lite0: ~250 ms).
-`ParallelVectorize`, a schedule rule in the style of `tvm.s_tir.dlight` (which has no CPU rule
-for convolutions), schedules each block of every fused PrimFunc: the innermost spatial loop
+`PackedConvSchedule` schedules the convolution kernels of `packed_conv` (register tiles, VNNI).
+`ParallelVectorize` schedules each block of every other fused PrimFunc: the innermost spatial loop
 becomes a vector of up to 16 lanes placed inside the reduction loops, the other spatial loops
 are fused and run in parallel. The arithmetic and its order per output are unchanged, so
 scheduled and unscheduled modules give bit-identical results. A PrimFunc the rule cannot
@@ -82,60 +82,58 @@ def _vectorize_inner(sch, block) -> None:
 def schedule_packed_conv(sch, blocks, names) -> None:
     """Register-tiled, parallel schedule of a `packed_conv` kernel and its fused epilogue.
 
-    Tile: 8 output channels x 16 (or 32) neighbouring columns of one output row, accumulated in
-    registers over all input channels and kernel taps; float32 as broadcast-weight FMAs on
-    16-lane vectors, uint8 x int8 as one VNNI instruction per 4 input channels. Each output
-    row of 8 channels then runs the epilogue (bias, requantize, clamp, residual add) while it is
-    still in cache. Rows x channel blocks run in parallel; the input copy runs before, parallel.
+    Tile: 8 output channels x 16 (or 32) neighbouring outputs, accumulated in registers over
+    all input channels and kernel taps; float32 as broadcast-weight FMAs on 16-lane vectors,
+    uint8 x int8 as one VNNI instruction per 4 input channels. Each finished row of 8 channels
+    then runs the epilogue (bias, requantize, clamp, residual add) while it is still in cache.
+    Rows x channel tiles run in parallel; the input copy runs before them, in parallel too
+    (depthwise: each channel tile copies its own rows inside its task).
     """
-    from .packed_conv import CONV_BLOCK, CROP_BLOCK, LANES, PACK_BLOCK, TILE_ATTR, VNNI_ATTR, PACK_IN_TILE_ATTR, FLAT_ATTR, FLAT_PADDED
+    from . import packed_conv as pc
     from .vnni import INTRIN
 
-    conv, pack = blocks[names.index(CONV_BLOCK)], blocks[names.index(PACK_BLOCK)]
+    conv, pack = blocks[names.index(pc.CONV_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
     # The crop and every fused elementwise op become one epilogue block: the last one.
-    for block in blocks[names.index(CROP_BLOCK):-1]:
+    for block in blocks[names.index(pc.CROP_BLOCK):-1]:
         sch.compute_inline(block)
     epilogue = blocks[-1]
-    stmt = sch.get(conv)
-    ob = int(stmt.annotations[TILE_ATTR])
-    flat = bool(stmt.annotations.get(FLAT_ATTR, 0))
+    notes = sch.get(conv).annotations
+    channels = int(notes[pc.TILE_ATTR])
+    flat = int(notes.get(pc.FLAT_ATTR, 0))
+    vnni = pc.VNNI_ATTR in notes  # innermost reduction: 4 products per int32 lane
+    pack_in_tile = bool(int(notes.get(pc.PACK_IN_TILE_ATTR, 0)))
     if flat:
         n, o, x, *red = sch.get_loops(conv)
         rows = []
     else:
         n, o, y, x, *red = sch.get_loops(conv)
         rows = [y]
-    int8 = VNNI_ATTR in stmt.annotations  # innermost reduction: 4 products per int32 lane
-    owp = _extent(sch, x)
-    xv = next(v for v in (VECTORS_PER_TILE, 2, 1) if owp % (v * LANES) == 0)
+    columns = _extent(sch, x)
+    vectors = next(v for v in (VECTORS_PER_TILE, 2, 1) if columns % (v * pc.LANES) == 0)
     local = sch.cache_write(conv, 0, "local")
-    ocb, oci = sch.split(o, [None, ob])
-    xo, xvl, xi = sch.split(x, [None, xv, LANES])
-    inner_red = red[-1:] if int8 else []
-    sch.reorder(n, ocb, *rows, xo, *red[:len(red) - len(inner_red)], oci, xvl, xi, *inner_red)
+    ocb, oci = sch.split(o, [None, channels])
+    xo, xv, xi = sch.split(x, [None, vectors, pc.LANES])
+    inner_red = red[-1:] if vnni else []
+    sch.reorder(n, ocb, *rows, xo, *red[:len(red) - len(inner_red)], oci, xv, xi, *inner_red)
     sch.reverse_compute_at(local, xo)
-    pack_in_tile = bool(int(stmt.annotations.get(PACK_IN_TILE_ATTR, 0)))
-    if pack_in_tile:  # depthwise uint8: each channel tile copies its own rows (hot in cache)
-        outer = sch.fuse(n, ocb)
-        sch.parallel(outer)
+    outer = sch.fuse(n, ocb) if pack_in_tile else sch.fuse(n, ocb, *rows)
+    sch.parallel(outer)
+    if pack_in_tile:
         sch.compute_at(pack, outer)
-    else:
-        outer = sch.fuse(n, ocb, *rows)
-        sch.parallel(outer)
     # A flat map padded past OH*OW (e.g. 7x7 in 64 lanes) keeps its epilogue as a separate
     # parallel loop: reverse_compute_at would derive a wrong (too short) row for y * OW + x.
-    if stmt.annotations.get(FLAT_ATTR, 0) != FLAT_PADDED:
+    if flat != pc.FLAT_PADDED:
         sch.reverse_compute_at(epilogue, rows[0] if pack_in_tile and rows else outer)
     sch.unroll(oci)
-    sch.unroll(xvl)
-    if not int8:
-        sch.vectorize(xi)
+    sch.unroll(xv)
+    if not vnni:
+        sch.vectorize(xi)  # before decompose_reduction: a reduction block may be vectorized
     init = sch.decompose_reduction(conv, red[0])
-    if int8:
+    if vnni:
         sch.tensorize(xi, INTRIN)
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
-    if stmt.annotations.get(FLAT_ATTR, 0) == FLAT_PADDED:
+    if flat == pc.FLAT_PADDED:
         schedule_block(sch, epilogue)
     else:
         _vectorize_inner(sch, epilogue)
@@ -158,7 +156,10 @@ class PackedConvSchedule(dl.ScheduleRule):
         names = [sch.get(b).name_hint for b in blocks]
         if CONV_BLOCK not in names:
             return None
-        schedule_packed_conv(sch, blocks, names)
+        try:
+            schedule_packed_conv(sch, blocks, names)
+        except (s_tir.ScheduleError, tvm.error.InternalError, RuntimeError):
+            return None  # an unforeseen fused structure: ParallelVectorize's generic loops
         return sch
 
 

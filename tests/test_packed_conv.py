@@ -95,6 +95,19 @@ def run(mod, weights, x, target, schedules):
     return vm[ENTRY](tvm.runtime.tensor(x), *args).numpy(), mod
 
 
+def scheduled_by_packed_rule(mod) -> int:
+    """How many fused kernels of `mod` PackedConvSchedule schedules (it returns None = falls
+    back to generic loops when it cannot)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from pipeline.schedules import PackedConvSchedule
+
+    with X86:
+        fused = tvm.transform.Sequential(cpu.legalize_passes(X86))(mod)
+    return sum(PackedConvSchedule().apply(f, X86, False) is not None
+               for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
 @needs_vnni
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "c{}o{}s{}k{}st{}p{}g{}".format(*c))
@@ -104,6 +117,7 @@ def test_packed_kernel_matches_generic_build(int8, case):
     got, built = run(mod, weights, x, X86, "default")
     kind = "packed_depthwise2d" if case[-1] > 1 else ("packed_conv2d_u8s8" if int8 else "packed_conv2d_f32")
     assert packed_kernels(built)[kind] == 1
+    assert scheduled_by_packed_rule(built) == 1  # not the generic fallback
     if int8:
         np.testing.assert_array_equal(got, expected)
     else:
