@@ -1,16 +1,19 @@
 """Convolutions with weights packed at build time, in the layout fast CPU kernels need.
 
 Relax's `conv2d` legalizes to TOPI's NCHW loop nest, which no default schedule makes fast.
-`PackConvolutions` replaces each NCHW conv2d (groups=1) whose weight is a model parameter by
-our own compute, with the weight re-laid out once by the build stage (numpy, stored in the
-built `model.params`):
+`pack_convolutions` replaces each NCHW conv2d (groups 1, or depthwise) whose weight is a model
+parameter by our own compute, with the weight re-laid out once by the build stage (numpy,
+stored in the built `model.params`):
 
 - float32: weight `[O/8, I, KH, KW, 8]`; the input row is copied into `[I, H+pad, KW, OWp]`
   (stride and kernel column folded in, OWp = OW rounded up to 16), so 16 neighbouring outputs
   are one contiguous vector load and 8 output channels are 8 broadcast weights.
 - uint8 x int8 -> int32: weight `[O/8, I/4, KH, KW, 8, 4]`, input `[I/4, H+pad, KW, OWp, 4]`:
   4 input channels of 16 neighbouring outputs are one 64-byte vector and 4 weight bytes one
-  broadcast, which is exactly what AVX512-VNNI's `vpdpbusd` multiplies and accumulates.
+  broadcast, which is exactly what AVX512-VNNI's `vpdpbusd` multiplies and accumulates. For
+  stride-1 rows the copy is a zero-padded input plus vector shuffles (`vnni.INTERLEAVE`).
+- 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows;
+  depthwise convs keep their weight and copy padded rows split by column phase.
 
 Activations stay NCHW between layers (the copy is part of the conv kernel), so every other op
 and the quantizer's epilogues are unchanged. The arithmetic is the same sum per output
@@ -31,6 +34,8 @@ IC_GROUP = 4  # input channels per vpdpbusd lane (uint8 x int8)
 CONV_BLOCK = "tvmq_conv"
 PACK_BLOCK = "tvmq_pack"
 CROP_BLOCK = "tvmq_crop"
+PAD_BLOCK = "tvmq_pad"
+INTERLEAVE_ATTR = "tvmq.interleave"  # the copy is 4 channels' contiguous runs, interleaved
 TILE_ATTR = "tvmq.channel_tile"  # output channels per register tile, read by the schedule
 PACK_IN_TILE_ATTR = "tvmq.pack_in_tile"  # each channel tile copies its own input rows
 VNNI_ATTR = "tvmq.vnni"
@@ -130,10 +135,20 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     # FLAT_ATTR: 0 rows, 1 flat, 2 flat with padding positions past OH*OW
     attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat) + int(flat and pp != oh * ow)}
-    if int8:
+    if int8 and not flat and sw == 1:
+        # Contiguous rows: zero-pad the input once (byte by byte, [row, channel, column]), then
+        # interleave 4 channels' 16-byte runs into 64 bytes with vector shuffles.
+        padded = te.compute((n, h + top + bottom, icb * IC_GROUP, pp + kw - 1),
+                            lambda nn, yp, ch, xq: source(nn, ch, yp, xq, True), name=PAD_BLOCK)
+        packed = te.compute(
+            (n, icb, *copy_shape, IC_GROUP),
+            lambda nn, cb, yp, kx, xp, k: padded[nn, yp, cb * IC_GROUP + k, xp + kx],
+            name=PACK_BLOCK, attrs={INTERLEAVE_ATTR: 1})
+    elif int8:
         packed = te.compute((n, icb, *copy_shape, IC_GROUP),
                             lambda nn, cb, a, b, q, k: window(nn, cb * IC_GROUP + k, a, b, q),
                             name=PACK_BLOCK)
+    if int8:
         rc, rk = te.reduce_axis((0, icb), "rc"), te.reduce_axis((0, IC_GROUP), "rk")
         acc = te.compute(out_shape, lambda nn, o, *out: te.sum(
             packed[(nn, rc, *tap(ry, rx, out), rk)].astype("int32")

@@ -90,7 +90,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     (depthwise: each channel tile copies its own rows inside its task).
     """
     from . import packed_conv as pc
-    from .vnni import INTRIN
+    from .vnni import INTERLEAVE, INTRIN
 
     conv, pack = blocks[names.index(pc.CONV_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
     # The crop and every fused elementwise op become one epilogue block: the last one.
@@ -139,6 +139,12 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         _vectorize_inner(sch, epilogue)
     if pack_in_tile:
         _vectorize_inner(sch, pack)
+    elif pc.INTERLEAVE_ATTR in sch.get(pack).annotations:
+        *outer_loops, columns_loop, _ = sch.get_loops(pack)
+        column_blocks, column_lanes = sch.split(columns_loop, [None, pc.LANES])
+        sch.tensorize(column_lanes, INTERLEAVE)
+        sch.parallel(sch.fuse(*outer_loops, column_blocks))
+        schedule_block(sch, blocks[names.index(pc.PAD_BLOCK)])
     else:
         schedule_block(sch, pack)
 

@@ -1,9 +1,13 @@
-"""AVX512-VNNI tensor intrinsic: 16 lanes of `int32 += 4 x (uint8 * int8)` (one `vpdpbusd`).
+"""Tensor intrinsics for the uint8 x int8 kernels of `packed_conv`.
 
-TVM's own `dot_16x4_vnni` broadcasts the uint8 operand and passes `<16 x i32>` vectors, which
-the wheel's LLVM 22 rejects for `llvm.x86.avx512.vpdpbusd.512` (it wants `<64 x i8>`). Ours
-fits `packed_conv`'s layout: the uint8 activations are the vector (16 outputs x 4 input
-channels, 64 contiguous bytes) and the 4 int8 weight bytes are broadcast.
+`INTRIN`: 16 lanes of `int32 += 4 x (uint8 * int8)`, one AVX512-VNNI `vpdpbusd`. TVM's own
+`dot_16x4_vnni` broadcasts the uint8 operand and passes `<16 x i32>` vectors, which the wheel's
+LLVM 22 rejects for `llvm.x86.avx512.vpdpbusd.512` (it wants `<64 x i8>`). Ours fits
+`packed_conv`'s layout: the uint8 activations are the vector (16 outputs x 4 input channels,
+64 contiguous bytes) and the 4 int8 weight bytes are broadcast.
+
+`INTERLEAVE`: 16 bytes from each of 4 channel rows -> 64 bytes [16 x 4], as vector shuffles;
+it builds that activation layout without a byte-by-byte loop.
 """
 from __future__ import annotations
 
@@ -44,3 +48,37 @@ def _impl(a: T.Buffer((16, 4), "uint8", offset_factor=1),
 
 
 TensorIntrin.register(INTRIN, _desc, _impl, override=True)
+
+
+INTERLEAVE = "tvmq_interleave_4x16_u8"
+
+
+@T.prim_func(s_tir=True)
+def _interleave_desc(a_handle: T.handle, d_handle: T.handle) -> None:
+    stride = T.int64()
+    a = T.match_buffer(a_handle, (4, 16), "uint8", offset_factor=1, strides=[stride, 1])
+    d = T.match_buffer(d_handle, (16, 4), "uint8", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(a[0:4, 0:16])
+        T.writes(d[0:16, 0:4])
+        for x, k in T.grid(16, 4):
+            with T.sblock("copy"):
+                vx, vk = T.axis.remap("SS", [x, k])
+                d[vx, vk] = a[vk, vx]
+
+
+@T.prim_func(s_tir=True)
+def _interleave_impl(a_handle: T.handle, d_handle: T.handle) -> None:
+    stride = T.int64()
+    a = T.match_buffer(a_handle, (4, 16), "uint8", offset_factor=1, strides=[stride, 1])
+    d = T.match_buffer(d_handle, (16, 4), "uint8", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(a[0:4, 0:16])
+        T.writes(d[0:16, 0:4])
+        d[0, T.ramp(0, 1, 64)] = T.Shuffle(
+            [a[0, T.ramp(0, 1, 16)], a[1, T.ramp(0, 1, 16)], a[2, T.ramp(0, 1, 16)],
+             a[3, T.ramp(0, 1, 16)]],
+            [k * 16 + x for x in range(16) for k in range(4)])
+
+
+TensorIntrin.register(INTERLEAVE, _interleave_desc, _interleave_impl, override=True)
