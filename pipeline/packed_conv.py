@@ -135,14 +135,21 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     # FLAT_ATTR: 0 rows, 1 flat, 2 flat with padding positions past OH*OW
     attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat) + int(flat and pp != oh * ow)}
-    if int8 and not flat and sw == 1:
-        # Contiguous rows: zero-pad the input once (byte by byte, [row, channel, column]), then
-        # interleave 4 channels' 16-byte runs into 64 bytes with vector shuffles.
-        padded = te.compute((n, h + top + bottom, icb * IC_GROUP, pp + kw - 1),
-                            lambda nn, yp, ch, xq: source(nn, ch, yp, xq, True), name=PAD_BLOCK)
+    if int8 and (sw == 1 if not flat else kh == kw == sh == sw == 1 and not any(padding)
+                 and pp == oh * ow and c % IC_GROUP == 0):
+        # Contiguous runs: zero-pad the input once ([row, channel, column], byte by byte; a
+        # plain vector copy for 1x1 convs, taken only when no check is left), then interleave 4
+        # channels' 16-byte runs into 64 bytes with vector shuffles.
+        if flat:
+            padded = te.compute((n, 1, icb * IC_GROUP, pp),
+                                lambda nn, _, ch, p: window(nn, ch, 0, 0, p), name=PAD_BLOCK)
+        else:
+            padded = te.compute((n, h + top + bottom, icb * IC_GROUP, pp + kw - 1),
+                                lambda nn, yp, ch, xq: source(nn, ch, yp, xq, True),
+                                name=PAD_BLOCK)
         packed = te.compute(
             (n, icb, *copy_shape, IC_GROUP),
-            lambda nn, cb, yp, kx, xp, k: padded[nn, yp, cb * IC_GROUP + k, xp + kx],
+            lambda nn, cb, a, kx, q, k: padded[nn, 0 if flat else a, cb * IC_GROUP + k, q + kx],
             name=PACK_BLOCK, attrs={INTERLEAVE_ATTR: 1})
     elif int8:
         packed = te.compute((n, icb, *copy_shape, IC_GROUP),
