@@ -28,6 +28,7 @@ CASES = [
     (24, 16, 7, 3, 1, 1, 1),       # 7x7 map: laid flat (49 of 64 lanes)
     (20, 16, 14, 3, 2, 1, 1),      # strided to a 7x7 flat map, channels not a multiple of 8
     (6, 12, 9, 3, 2, 1, 1),        # in channels not a multiple of 4, out not of 8
+    (6, 8, 12, 3, 1, 1, 1),        # stride-1 rows (padded copy + shuffles), 6 channels
     (3, 16, 35, 7, 2, 3, 1),       # RGB stem, odd size, big kernel
     (32, 24, 32, 1, 1, 0, 1),      # OW 32 = two vectors per tile
     (40, 64, 28, 1, 2, 0, 1),      # strided 1x1 (ResNet downsample), 14x14 flat in 208 lanes
