@@ -212,56 +212,6 @@ def min_max_to_clip(mod, _ctx):
     return _rewrite_calls(mod, rewrite)
 
 
-NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
-POOLS = {"relax.nn.max_pool2d": relax.op.nn.max_pool2d, "relax.nn.avg_pool2d": relax.op.nn.avg_pool2d}
-
-
-def _permutation(call) -> list[int] | None:
-    if not _is_op(call, "relax.permute_dims") or call.attrs.axes is None:
-        return None
-    return [int(a) for a in call.attrs.axes]
-
-
-@tvm.transform.module_pass(opt_level=0, name="PoolsToNCHW")
-def pools_to_nchw(mod, _ctx):
-    """Run pools (and a constant pad before one) in NCHW, and drop transpose pairs.
-
-    ConvertLayout moves convolutions to NCHW but `nn.pad` has no layout rule, so ResNet's
-    ZeroPadding -> MaxPool stayed NHWC between two transposes (~1 ms per image on 2 cores).
-    """
-
-    def rewrite(call, mutator):
-        if _permutation(call) == NHWC_TO_NCHW:  # transpose(transpose(x)) -> x
-            inner = mutator.lookup_binding(call.args[0])
-            return inner.args[0] if _permutation(inner) == NCHW_TO_NHWC else None
-        op = next((name for name in POOLS if _is_op(call, name)), None)
-        a = call.attrs if op else None
-        if op is None or a.layout != "NHWC" or (a.out_layout or "NHWC") != "NHWC":
-            return None
-        source = mutator.lookup_binding(call.args[0])
-        pad = None
-        if _is_op(source, "relax.nn.pad") and source.attrs.pad_mode == "constant":
-            width = [int(w) for w in source.attrs.pad_width]
-            if width[0:2] != [0, 0] or width[6:8] != [0, 0]:
-                return None
-            pad = ([0, 0, 0, 0] + width[2:6], float(source.attrs.pad_value))
-            source = mutator.lookup_binding(source.args[0])
-        if _permutation(source) != NCHW_TO_NHWC:
-            return None
-        x = source.args[0]
-        if pad is not None:
-            x = mutator.builder_.emit(relax.op.nn.pad(x, pad[0], pad_value=pad[1]))
-        kwargs = dict(pool_size=a.pool_size, strides=a.strides, padding=a.padding,
-                      dilation=a.dilation, ceil_mode=bool(a.ceil_mode), layout="NCHW",
-                      out_layout="NCHW")
-        if op == "relax.nn.avg_pool2d":
-            kwargs["count_include_pad"] = bool(a.count_include_pad)
-        pooled = mutator.builder_.emit(POOLS[op](x, **kwargs))
-        return relax.op.permute_dims(pooled, NCHW_TO_NHWC)
-
-    return _rewrite_calls(mod, rewrite)
-
-
 def to_nchw(mod: tvm.IRModule) -> tvm.IRModule:
     """Convert convolutions to NCHW/OIHW and fold the weight transposes into the constants."""
     seq = tvm.transform.Sequential(
@@ -272,7 +222,6 @@ def to_nchw(mod: tvm.IRModule) -> tvm.IRModule:
             relax.transform.Normalize(),
             relax.transform.FoldConstant(),
             min_max_to_clip,
-            pools_to_nchw,
             relax.transform.CanonicalizeBindings(),
             relax.transform.DeadCodeElimination([ENTRY]),
         ]
