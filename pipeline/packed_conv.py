@@ -38,9 +38,9 @@ PAD_BLOCK = "tvmq_pad"
 INTERLEAVE_ATTR = "tvmq.interleave"  # the copy is 4 channels' contiguous runs, interleaved
 TILE_ATTR = "tvmq.channel_tile"  # output channels per register tile, read by the schedule
 PACK_IN_TILE_ATTR = "tvmq.pack_in_tile"  # each channel tile copies its own input rows
-VNNI_ATTR = "tvmq.vnni"
+VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int32 lane
 FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)
-FLAT_PADDED = 2  # FLAT_ATTR value when the flat map is padded past OH*OW  # innermost reduction = 4 uint8 x int8 products per int32 lane
+FLAT_PADDED = 2  # FLAT_ATTR value when the flat map is padded past OH*OW
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d")
 FLOAT = ("float32", "float32", "float32")
@@ -72,8 +72,7 @@ def guarded_load(data: te.Tensor, nn, ch, y, x, inside, branch: bool = False):
     """data[nn, ch, y, x] where `inside`, else 0. By default without a branch: the indices are
     clamped into range and the value selected, so the float copy loops vectorize (fp32 convs
     1.5x faster on EfficientNet-Lite0); `branch` keeps if-then-else, measured faster for the
-    uint8 copies that interleave 4 channels or taps per lane (ResNet50 int8 -8 %, Lite0's
-    depthwise int8 -40 %)."""
+    uint8 copies (ResNet50 int8 -8 %, Lite0's depthwise int8 -10 %)."""
     if branch:
         return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
     _, c, h, w = (int(d) for d in data.shape)
@@ -219,7 +218,8 @@ def is_depthwise(call) -> bool:
 
 
 def packable(call, weight_names: set[str]) -> bool:
-    """An NCHW/OIHW conv2d, groups 1, no dilation, static shapes, weight a model parameter."""
+    """An NCHW/OIHW conv2d (groups 1 or depthwise), no dilation, static shapes, float32 or
+    uint8 x int8, weight a model parameter."""
     if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
             and call.op.name == "relax.nn.conv2d"):
         return False
@@ -236,7 +236,7 @@ def packable(call, weight_names: set[str]) -> bool:
 class _ConvPacker(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: bool):
         super().__init__(mod)
-        self.mod_, self.weights, self.int8 = mod, weights, int8
+        self.weights, self.int8 = weights, int8
         self.packed: dict[str, tuple[relax.Var, np.ndarray]] = {}  # old name -> new param
         self.rewritten = 0
 
