@@ -54,7 +54,8 @@ def op_list(mod: tvm.IRModule) -> list[dict]:
 
 
 def packed_kernels(mod: tvm.IRModule) -> dict[str, int]:
-    """How many convolutions run as `packed_conv` kernels, per kind (float32 / uint8 x int8)."""
+    """How many convolutions run as `packed_conv` kernels, per kind (float32 conv2d, uint8 x
+    int8 conv2d, depthwise)."""
     from .packed_conv import KERNEL_NAMES
 
     counts = {name: 0 for name in KERNEL_NAMES}
@@ -75,7 +76,8 @@ SCHEDULES = ("default", "none")
 def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "default"):
     """relax's CPU pipeline (legalize, fuse, lower) and codegen for `target`.
 
-    schedules="default" applies `schedules.ParallelVectorize` to every fused kernel on llvm
+    schedules="default" applies `schedules.PackedConvSchedule` to the `packed_conv` kernels
+    (see `specialize`) and `schedules.ParallelVectorize` to every other fused kernel on llvm
     targets (no tuning); "none" keeps TVM's generic single-threaded loops.
     """
     if schedules not in SCHEDULES:

@@ -60,8 +60,9 @@ def schedule_block(sch, block) -> None:
         init_inner = sch.get_loops(init)[-1]
         if lanes > 1:
             sch.vectorize(init_inner)
-    # A spatial loop inside reduction loops cannot be vectorized by the schedule (no compact
-    # dataflow); it is innermost with a constant trip count, so LLVM's loop vectorizer does it.
+    # After decompose_reduction the spatial loop inside the reduction loops can no longer be
+    # vectorized by the schedule (no compact dataflow; PackedConvSchedule vectorizes before
+    # decomposing); it is innermost with a constant trip count, so LLVM's loop vectorizer does it.
     if lanes > 1 and not reduce:
         sch.vectorize(inner)
 
