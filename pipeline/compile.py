@@ -85,7 +85,8 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "defaul
     if schedules == "default" and target.kind.name == "llvm":
         from .schedules import default_pipeline
 
-        return tvm.compile(mod, target, relax_pipeline=default_pipeline(target))
+        with tvm.transform.PassContext(opt_level=3, config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
+            return tvm.compile(mod, target, relax_pipeline=default_pipeline(target))
     return tvm.compile(mod, target)
 
 

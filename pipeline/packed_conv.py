@@ -74,7 +74,7 @@ def guarded_load(data: te.Tensor, nn, ch, y, x, inside, branch: bool = False):
     1.5x faster on EfficientNet-Lite0); `branch` keeps if-then-else, measured faster for the
     uint8 copies (ResNet50 int8 -8 %, Lite0's depthwise int8 -10 %)."""
     if branch:
-        return tirx.if_then_else(inside, data[nn, ch, y, x], tirx.const(0, data.dtype))
+        return tirx.if_then_else(tirx.likely(inside), data[nn, ch, y, x], tirx.const(0, data.dtype))
     _, c, h, w = (int(d) for d in data.shape)
 
     def clamp(v, extent):
@@ -112,6 +112,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
         inside = tirx.all(y >= 0, y < h, x >= 0, x < w, ch < c, valid)
         return guarded_load(data, nn, ch, y, x, inside, branch=int8)
 
+    shifted = not flat and sw == 1
     if flat:  # copy [ch, ky, kx, p]; output position p = y * ow + x
         pp = _ceil(oh * ow, LANES)
         copy_shape, out_shape = (kh, kw, pp), (n, ocb * ob, pp)
@@ -121,6 +122,16 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
 
         def tap(ry, rx, out):  # copy index of output `out` (p) and kernel tap (ry, rx)
             return (ry, rx, out[0])
+    elif shifted:  # copy [ch, row, column]: kernel column kx reads the row shifted by kx
+        owp = pp = _ceil(ow, LANES)
+        columns = _ceil(owp + kw - 1, LANES)
+        copy_shape, out_shape = (h + top + bottom, columns), (n, ocb * ob, oh, owp)
+
+        def window(nn, ch, yp, xq):
+            return source(nn, ch, yp, xq, True)
+
+        def tap(ry, rx, out):
+            return (out[0] * sh + ry, out[1] + rx)
     else:  # copy [ch, row, kx, x]
         owp = pp = _ceil(ow, LANES)
         copy_shape, out_shape = (h + top + bottom, kw, owp), (n, ocb * ob, oh, owp)
@@ -134,25 +145,25 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     # FLAT_ATTR: 0 rows, 1 flat, 2 flat with padding positions past OH*OW
     attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat) + int(flat and pp != oh * ow)}
-    if int8 and (sw == 1 if not flat else kh == kw == sh == sw == 1 and not any(padding)
+    if int8 and (shifted or flat and kh == kw == sh == sw == 1 and not any(padding)
                  and pp == oh * ow and c % IC_GROUP == 0):
-        # Contiguous runs: zero-pad the input once ([row, channel, column], byte by byte; a
-        # plain vector copy for 1x1 convs, taken only when no check is left), then interleave 4
-        # channels' 16-byte runs into 64 bytes with vector shuffles.
+        # Contiguous runs: zero-pad the input once ([row, channel, column]; for 1x1 convs a
+        # plain copy, taken only when no check is left), then interleave 4 channels' 16-byte
+        # runs into 64 bytes with vector shuffles.
         if flat:
             padded = te.compute((n, 1, icb * IC_GROUP, pp),
                                 lambda nn, _, ch, p: window(nn, ch, 0, 0, p), name=PAD_BLOCK)
         else:
-            padded = te.compute((n, h + top + bottom, icb * IC_GROUP, pp + kw - 1),
-                                lambda nn, yp, ch, xq: source(nn, ch, yp, xq, True),
-                                name=PAD_BLOCK)
+            padded = te.compute((n, copy_shape[0], icb * IC_GROUP, copy_shape[1]),
+                                lambda nn, yp, ch, xq: window(nn, ch, yp, xq), name=PAD_BLOCK)
         packed = te.compute(
             (n, icb, *copy_shape, IC_GROUP),
-            lambda nn, cb, a, kx, q, k: padded[nn, 0 if flat else a, cb * IC_GROUP + k, q + kx],
+            lambda nn, cb, a, *rest: padded[nn, 0 if flat else a, cb * IC_GROUP + rest[-1],
+                                            rest[-2]],
             name=PACK_BLOCK, attrs={INTERLEAVE_ATTR: 1})
     elif int8:
         packed = te.compute((n, icb, *copy_shape, IC_GROUP),
-                            lambda nn, cb, a, b, q, k: window(nn, cb * IC_GROUP + k, a, b, q),
+                            lambda nn, cb, *rest: window(nn, cb * IC_GROUP + rest[-1], *rest[:-1]),
                             name=PACK_BLOCK)
     if int8:
         rc, rk = te.reduce_axis((0, icb), "rc"), te.reduce_axis((0, IC_GROUP), "rk")

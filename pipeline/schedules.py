@@ -145,7 +145,8 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         column_blocks, column_lanes = sch.split(columns_loop, [None, pc.LANES])
         sch.tensorize(column_lanes, INTERLEAVE)
         sch.parallel(sch.fuse(*outer_loops, column_blocks))
-        schedule_block(sch, blocks[names.index(pc.PAD_BLOCK)])
+        pad = blocks[names.index(pc.PAD_BLOCK)]
+        sch.parallel(sch.fuse(*sch.get_loops(pad)[:-1]))
     else:
         schedule_block(sch, pack)
 
