@@ -5,10 +5,12 @@ Relax's `conv2d` legalizes to TOPI's NCHW loop nest, which no default schedule m
 parameter by our own compute, with the weight re-laid out once by the build stage (numpy,
 stored in the built `model.params`):
 
-- float32: weight `[O/8, I, KH, KW, 8]`; the input row is copied into `[I, H+pad, KW, OWp]`
-  (stride and kernel column folded in, OWp = OW rounded up to 16), so 16 neighbouring outputs
-  are one contiguous vector load and 8 output channels are 8 broadcast weights.
-- uint8 x int8 -> int32: weight `[O/8, I/4, KH, KW, 8, 4]`, input `[I/4, H+pad, KW, OWp, 4]`:
+- float32: weight `[O/8, I, KH, KW, 8]`; for stride-1 convs the input is copied once as
+  zero-padded rows `[I, H+pad, OWp+KW-1]` (OWp = OW rounded up to 16), and kernel column kx
+  reads the row shifted by kx, so 16 neighbouring outputs are one contiguous vector load and
+  8 output channels are 8 broadcast weights. Strided convs copy each kernel column apart
+  (`[I, H+pad, KW, OWp]`, stride folded in).
+- uint8 x int8 -> int32: weight `[O/8, I/4, KH, KW, 8, 4]`, input `[I/4, H+pad, columns, 4]`:
   4 input channels of 16 neighbouring outputs are one 64-byte vector and 4 weight bytes one
   broadcast, which is exactly what AVX512-VNNI's `vpdpbusd` multiplies and accumulates. For
   stride-1 rows the copy is a zero-padded input plus vector shuffles (`vnni.INTERLEAVE`).
@@ -72,7 +74,9 @@ def guarded_load(data: te.Tensor, nn, ch, y, x, inside, branch: bool = False):
     """data[nn, ch, y, x] where `inside`, else 0. By default without a branch: the indices are
     clamped into range and the value selected, so the float copy loops vectorize (fp32 convs
     1.5x faster on EfficientNet-Lite0); `branch` keeps if-then-else, measured faster for the
-    uint8 copies (ResNet50 int8 -8 %, Lite0's depthwise int8 -10 %)."""
+    uint8 copies (ResNet50 int8 -8 %, Lite0's depthwise int8 -10 %), with the condition marked
+    `likely` so loop partitioning splits a contiguous copy into border loops and a branch-free
+    interior."""
     if branch:
         return tirx.if_then_else(tirx.likely(inside), data[nn, ch, y, x], tirx.const(0, data.dtype))
     _, c, h, w = (int(d) for d in data.shape)
@@ -95,7 +99,8 @@ def flat_maps(out_width: int) -> bool:
 def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bool):
     """NCHW conv2d from a packed weight; output NCHW (float32, or int32 for uint8 x int8).
 
-    The input copy is `[C, H+pad, KW, OWp]` (one row per output row and kernel column), or for
+    The input copy is `[C, H+pad, OWp+KW-1 (rounded up to 16)]` for stride 1 (kernel column
+    kx reads the padded row from column x + kx), `[C, H+pad, KW, OWp]` for strided rows, or for
     `flat_maps` `[C, KH, KW, OH*OW rounded up to 16]`; uint8 adds an innermost axis of 4 input
     channels. Either way the 16 lanes of a vector are neighbouring outputs.
     """

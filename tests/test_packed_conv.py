@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 
 from pipeline.compile import build, has_vnni, packed_kernels, specialize
-from pipeline.packed_conv import pack_weight
+from pipeline.packed_conv import PACK_BLOCK, pack_weight, packed_conv2d
 from pipeline.relax_io import ENTRY, weight_params
 from pipeline.runner import cpu_flags
 
@@ -29,6 +29,8 @@ CASES = [
     (20, 16, 14, 3, 2, 1, 1),      # strided to a 7x7 flat map, channels not a multiple of 8
     (6, 12, 9, 3, 2, 1, 1),        # in channels not a multiple of 4, out not of 8
     (6, 8, 12, 3, 1, 1, 1),        # stride-1 rows (padded copy + shuffles), 6 channels
+    (8, 16, 40, 3, 1, 1, 1),       # stride-1 rows over 3 vectors: shifted reads cross vectors
+    (4, 8, 20, 5, 1, 2, 1),        # 5x5 stride 1: kernel columns shift the row by up to 4
     (3, 16, 35, 7, 2, 3, 1),       # RGB stem, odd size, big kernel
     (32, 24, 32, 1, 1, 0, 1),      # OW 32 = two vectors per tile
     (40, 64, 28, 1, 2, 0, 1),      # strided 1x1 (ResNet downsample), 14x14 flat in 208 lanes
@@ -156,3 +158,27 @@ def test_weight_packing_layouts():
     q = pack_weight((w % 200 - 100).astype(np.int8), int8=True)
     assert q.shape == (2, 2, 3, 3, 8, 4)  # 6 input channels padded to 8 with zeros
     assert q[1, 1, 2, 0, 7, 1] == (w[15, 5, 2, 0] % 200 - 100) and q[1, 1, 2, 0, 7, 2] == 0
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_stride_one_rows_are_copied_once_not_per_kernel_column(int8):
+    """Stride 1: the copy holds each zero-padded row once (kernel column kx reads it shifted
+    by kx); strided convs copy every kernel column apart."""
+    from tvm import te
+
+    dtype, wdtype = ("uint8", "int8") if int8 else ("float32", "float32")
+    data = te.placeholder((1, 16, 56, 56), dtype)
+    weight = te.placeholder(pack_weight(np.zeros((32, 16, 3, 3), wdtype), int8).shape, wdtype)
+
+    def copy_shape(stride):
+        out = packed_conv2d(data, weight, (stride, stride), (1, 1, 1, 1), int8)
+        tensors, seen = [out], []
+        while tensors:
+            t = tensors.pop()
+            seen.append(t)
+            tensors += [i for i in t.op.input_tensors if i not in seen]
+        return [tuple(int(d) for d in t.shape) for t in seen if t.op.name == PACK_BLOCK][0]
+
+    rows = (1, 4, 58, 80, 4) if int8 else (1, 16, 58, 80)  # 64 columns + 2 of padding -> 80
+    assert copy_shape(1) == rows
+    assert copy_shape(2) == ((1, 4, 58, 3, 32, 4) if int8 else (1, 16, 58, 3, 32))
