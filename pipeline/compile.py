@@ -54,8 +54,8 @@ def op_list(mod: tvm.IRModule) -> list[dict]:
 
 
 def packed_kernels(mod: tvm.IRModule) -> dict[str, int]:
-    """How many convolutions run as `packed_conv` kernels, per kind (float32 conv2d, uint8 x
-    int8 conv2d, depthwise)."""
+    """How many ops run as `packed_conv` kernels, per kind (float32 conv2d, uint8 x int8
+    conv2d, depthwise, uint8 x int8 dense)."""
     from .packed_conv import KERNEL_NAMES
 
     counts = {name: 0 for name in KERNEL_NAMES}

@@ -16,6 +16,8 @@ stored in the built `model.params`):
   stride-1 rows the copy is a zero-padded input plus vector shuffles (`vnni.INTERLEAVE`).
 - 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows;
   depthwise convs keep their weight and copy padded rows split by column phase.
+- The int8 classifier head (uint8 [1, K] x int8 [K, N] `matmul`): weight `[N/16, K/4, 16, 4]`,
+  4 input bytes broadcast against 16 output columns (`vnni.INTRIN_DENSE`).
 
 Activations stay NCHW between layers (the copy is part of the conv kernel), so every other op
 and the quantizer's epilogues are unchanged. The arithmetic is the same sum per output
@@ -34,6 +36,7 @@ LANES = 16  # neighbouring output columns per vector
 OC_BLOCK = 8  # output channels per register tile
 IC_GROUP = 4  # input channels per vpdpbusd lane (uint8 x int8)
 CONV_BLOCK = "tvmq_conv"
+DENSE_BLOCK = "tvmq_dense"
 PACK_BLOCK = "tvmq_pack"
 CROP_BLOCK = "tvmq_crop"
 PAD_BLOCK = "tvmq_pad"
@@ -44,7 +47,8 @@ VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int
 FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)
 FLAT_PADDED = 2  # FLAT_ATTR value when the flat map is padded past OH*OW
 
-KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d")
+KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d",
+                "packed_dense_u8s8")
 FLOAT = ("float32", "float32", "float32")
 U8S8 = ("uint8", "int8", "int32")
 
@@ -68,6 +72,33 @@ def pack_weight(weight: np.ndarray, int8: bool) -> np.ndarray:
     padded[:, :i] = weight
     blocks = padded.reshape(o // ob, ob, ip // IC_GROUP, IC_GROUP, kh, kw)
     return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
+
+
+def pack_dense_weight(weight: np.ndarray) -> np.ndarray:
+    """int8 [K, N] -> [N/16, K/4, 16, 4] (N and K zero-padded): 16 output columns x 4 inputs per
+    64-byte vector, the `vnni.INTRIN_DENSE` operand."""
+    k, n = weight.shape
+    padded = np.zeros((_ceil(k, IC_GROUP), _ceil(n, LANES)), weight.dtype)
+    padded[:k, :n] = weight
+    blocks = padded.reshape(-1, IC_GROUP, padded.shape[1] // LANES, LANES)
+    return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
+
+
+def packed_dense(data: te.Tensor, weight: te.Tensor, columns: int):
+    """uint8 [M, K] x packed int8 weight -> int32 [M, columns]: per output vector of 16 columns,
+    one `vpdpbusd` per 4 inputs (the input bytes broadcast)."""
+    m, k = (int(d) for d in data.shape)
+    blocks, groups = (int(d) for d in weight.shape[:2])
+    packed = te.compute(
+        (m, groups, IC_GROUP),
+        lambda mm, g, i: tirx.if_then_else(g * IC_GROUP + i < k, data[mm, g * IC_GROUP + i],
+                                           tirx.const(0, data.dtype)),
+        name=PACK_BLOCK)
+    rg, ri = te.reduce_axis((0, groups), "rg"), te.reduce_axis((0, IC_GROUP), "ri")
+    acc = te.compute((m, blocks * LANES), lambda mm, n: te.sum(
+        packed[mm, rg, ri].astype("int32") * weight[n // LANES, rg, n % LANES, ri].astype("int32"),
+        axis=[rg, ri]), name=DENSE_BLOCK)
+    return te.compute((m, columns), lambda mm, n: acc[mm, n], name=CROP_BLOCK)
 
 
 def guarded_load(data: te.Tensor, nn, ch, y, x, inside, branch: bool = False):
@@ -222,6 +253,18 @@ def packed_depthwise2d(data: te.Tensor, weight: te.Tensor, strides, padding):
     return te.compute((n, c, oh, ow), lambda nn, ch, y, x: acc[nn, ch, y, x], name=CROP_BLOCK)
 
 
+def packable_dense(call, weight_names: set[str]) -> bool:
+    """A 2-D uint8 x int8 -> int32 matmul whose [K, N] weight is a model parameter."""
+    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+            and call.op.name == "relax.matmul"):
+        return False
+    data, weight = call.args
+    return (isinstance(weight, relax.Var) and weight.name in weight_names
+            and len(data.ty.shape) == 2 and len(weight.ty.shape) == 2
+            and all(isinstance(d, tirx.IntImm) for d in (*data.ty.shape, *weight.ty.shape))
+            and _dtypes(call) == U8S8)
+
+
 def _dtypes(call) -> tuple[str, str, str]:
     return (str(call.args[0].ty.dtype), str(call.args[1].ty.dtype), str(call.ty.dtype))
 
@@ -256,8 +299,22 @@ class _ConvPacker(relax.PyExprMutator):
         self.packed: dict[str, tuple[relax.Var, np.ndarray]] = {}  # old name -> new param
         self.rewritten = 0
 
+    def _packed(self, old: relax.Var, pack) -> relax.Var:
+        """The packed weight parameter replacing `old` (packed once, however often used)."""
+        if old.name not in self.packed:
+            value = pack(self.weights[old.name])
+            var = relax.Var(f"{old.name}_packed", relax.TensorType(value.shape, str(value.dtype)))
+            self.packed[old.name] = (var, value)
+        return self.packed[old.name][0]
+
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
+        if self.int8 and packable_dense(call, set(self.weights)):
+            self.rewritten += 1
+            var = self._packed(call.args[1], pack_dense_weight)
+            return self.builder_.call_te(packed_dense, call.args[0], var,
+                                         columns=int(call.args[1].ty.shape[1]),
+                                         primfunc_name_hint=KERNEL_NAMES[3])
         if not packable(call, set(self.weights)):
             return call
         int8 = _dtypes(call) == U8S8
@@ -270,11 +327,7 @@ class _ConvPacker(relax.PyExprMutator):
         if is_depthwise(call):
             return self.builder_.call_te(packed_depthwise2d, call.args[0], old, strides=strides,
                                          padding=padding, primfunc_name_hint=KERNEL_NAMES[2])
-        if old.name not in self.packed:
-            value = pack_weight(self.weights[old.name], int8)
-            var = relax.Var(f"{old.name}_packed", relax.TensorType(value.shape, str(value.dtype)))
-            self.packed[old.name] = (var, value)
-        var = self.packed[old.name][0]
+        var = self._packed(old, lambda w: pack_weight(w, int8))
         return self.builder_.call_te(
             packed_conv2d, call.args[0], var, strides=strides, padding=padding, int8=int8,
             primfunc_name_hint=KERNEL_NAMES[int8])

@@ -157,21 +157,52 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         schedule_block(sch, pack)
 
 
+def schedule_packed_dense(sch, blocks, names) -> None:
+    """A `packed_dense` kernel: tiles of up to 4 x 16 output columns accumulated in registers
+    over all inputs (one VNNI instruction per 4 inputs and 16 columns), tiles in parallel; the
+    fused epilogue (bias, dequantize) runs as its own parallel vector loop."""
+    from . import packed_conv as pc
+    from .vnni import INTRIN_DENSE
+
+    dense, pack = blocks[names.index(pc.DENSE_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
+    for block in blocks[names.index(pc.CROP_BLOCK):-1]:
+        sch.compute_inline(block)
+    m, n, rg, ri = sch.get_loops(dense)
+    vector_blocks = _extent(sch, n) // pc.LANES
+    vectors = next(v for v in (4, 3, 2, 1) if vector_blocks % v == 0)
+    local = sch.cache_write(dense, 0, "local")
+    no, nv, ni = sch.split(n, [None, vectors, pc.LANES])
+    sch.reorder(m, no, rg, nv, ni, ri)
+    tiles = sch.fuse(m, no)
+    sch.parallel(tiles)
+    sch.reverse_compute_at(local, tiles)
+    sch.unroll(nv)
+    init = sch.decompose_reduction(dense, rg)
+    sch.tensorize(ni, INTRIN_DENSE)
+    _vectorize_inner(sch, init)
+    _vectorize_inner(sch, local)
+    schedule_block(sch, blocks[-1])
+    _vectorize_inner(sch, pack)
+
+
 class PackedConvSchedule(dl.ScheduleRule):
-    """Schedules kernels that hold a `packed_conv` block; leaves every other kernel alone."""
+    """Schedules kernels that hold a `packed_conv` conv or dense block; leaves the rest alone."""
 
     def apply(self, func, target, _tunable):
-        from .packed_conv import CONV_BLOCK
+        from .packed_conv import CONV_BLOCK, DENSE_BLOCK
 
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         names = [sch.get(b).name_hint for b in blocks]
-        if CONV_BLOCK not in names:
+        if CONV_BLOCK not in names and DENSE_BLOCK not in names:
             return None
         try:
-            schedule_packed_conv(sch, blocks, names)
+            if DENSE_BLOCK in names:
+                schedule_packed_dense(sch, blocks, names)
+            else:
+                schedule_packed_conv(sch, blocks, names)
         except (s_tir.ScheduleError, tvm.error.InternalError, RuntimeError):
             return None  # an unforeseen fused structure: ParallelVectorize's generic loops
         return sch

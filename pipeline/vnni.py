@@ -8,6 +8,9 @@ LLVM 22 rejects for `llvm.x86.avx512.vpdpbusd.512` (it wants `<64 x i8>`). Ours 
 
 `INTERLEAVE`: 16 bytes from each of 4 channel rows -> 64 bytes [16 x 4], as vector shuffles;
 it builds that activation layout without a byte-by-byte loop.
+
+`INTRIN_DENSE`: the same instruction the other way round, for a dense layer at batch 1: 4 input
+bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `[16 x 4]`).
 """
 from __future__ import annotations
 
@@ -82,3 +85,39 @@ def _interleave_impl(a_handle: T.handle, d_handle: T.handle) -> None:
 
 
 TensorIntrin.register(INTERLEAVE, _interleave_desc, _interleave_impl, override=True)
+
+
+INTRIN_DENSE = "tvmq_vnni_u8bcast_s8vec_16x4"
+
+
+@T.prim_func(s_tir=True)
+def _dense_desc(a: T.Buffer((4,), "uint8", offset_factor=1),
+                b: T.Buffer((16, 4), "int8", offset_factor=1),
+                c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+        T.writes(c[0:16])
+        for i, k in T.grid(16, 4):
+            with T.sblock("update"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                c[vi] = c[vi] + T.Cast("int32", a[vk]) * T.Cast("int32", b[vi, vk])
+
+
+@T.prim_func(s_tir=True)
+def _dense_impl(a: T.Buffer((4,), "uint8", offset_factor=1),
+                b: T.Buffer((16, 4), "int8", offset_factor=1),
+                c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+        T.writes(c[0:16])
+        inputs = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
+                               dtype="int8x64")
+        c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            c.vload([0], dtype="int32x16"),
+            inputs,
+            b.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16")
+
+
+TensorIntrin.register(INTRIN_DENSE, _dense_desc, _dense_impl, override=True)

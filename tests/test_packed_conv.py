@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 
 from pipeline.compile import build, has_vnni, packed_kernels, specialize
-from pipeline.packed_conv import PACK_BLOCK, pack_weight, packed_conv2d
+from pipeline.packed_conv import PACK_BLOCK, pack_dense_weight, pack_weight, packed_conv2d
 from pipeline.relax_io import ENTRY, weight_params
 from pipeline.runner import cpu_flags
 
@@ -182,3 +182,45 @@ def test_stride_one_rows_are_copied_once_not_per_kernel_column(int8):
     rows = (1, 4, 58, 80, 4) if int8 else (1, 16, 58, 80)  # 64 columns + 2 of padding -> 80
     assert copy_shape(1) == rows
     assert copy_shape(2) == ((1, 4, 58, 3, 32, 4) if int8 else (1, 16, 58, 3, 32))
+
+
+def dense_model(k: int, n: int):
+    """uint8 [1, K] x int8 [K, N] -> int32, + bias, dequantized to float (the quantizer's
+    classifier head)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, k), "uint8"))
+    params = [x, relax.Var("w", relax.TensorType((k, n), "int8")),
+              relax.Var("b", relax.TensorType((1, n), "int32")),
+              relax.Var("s", relax.TensorType((1, n), "float32"))]
+    with bb.function(ENTRY, params, attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, params[1], out_dtype="int32"))
+            y = bb.emit(relax.op.multiply(relax.op.astype(relax.op.add(y, params[2]), "float32"),
+                                          params[3]))
+            y = bb.emit_output(y)
+        bb.emit_func_output(y)
+    rng = np.random.default_rng(k * 1000 + n)
+    return bb.get(), rng.integers(0, 256, (1, k)).astype("uint8"), {
+        "w": rng.integers(-128, 128, (k, n)).astype("int8"),
+        "b": rng.integers(-2000, 2000, (1, n)).astype("int32"),
+        "s": rng.random((1, n)).astype("float32")}
+
+
+@needs_vnni
+@pytest.mark.parametrize("k,n", [(1280, 1000), (30, 20)], ids=["lite0-head", "ragged"])
+def test_packed_dense_matches_generic_build(k, n):
+    """The int8 classifier head: VNNI kernel, bit-exact; K and N need not be multiples of 4/16."""
+    mod, x, weights = dense_model(k, n)
+    expected, _ = run(mod, weights, x, X86, "none")
+    got, built = run(mod, weights, x, X86, "default")
+    assert packed_kernels(built)["packed_dense_u8s8"] == 1
+    assert scheduled_by_packed_rule(built) == 1
+    np.testing.assert_array_equal(got, expected)
+    assert specialize(mod, weights, GENERIC, "default")[0] is mod  # no VNNI: generic matmul
+
+
+def test_dense_weight_packing_layout():
+    w = (np.arange(30 * 20).reshape(30, 20) % 251 - 125).astype(np.int8)
+    p = pack_dense_weight(w)
+    assert p.shape == (2, 8, 16, 4)  # N 20 -> 32 columns, K 30 -> 32 inputs, zero-padded
+    assert p[1, 7, 3, 1] == w[29, 19] and p[1, 7, 3, 2] == 0 and p[1, 0, 4, 0] == 0
