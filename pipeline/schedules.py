@@ -20,6 +20,12 @@ VECTOR = (16, 8, 4, 2)
 # that LLVM vectorizes (56x56 int8 3x3 conv: 1.2x).
 PASS_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": True}}
 VECTORS_PER_TILE = 2  # packed_conv register tile: channel tile x this many 16-lane vectors
+# Reductions this short (steps per tile, e.g. a 1x1 conv over 64 channels, a depthwise 3x3) keep
+# a one-vector tile on the stack instead: TVM puts a "local" tile in a heap workspace that is
+# zeroed with memset and reloaded per tile, which such tiles cannot amortize; a "global" buffer
+# under 1 KB becomes a stack alloca LLVM holds in registers (1x1, 64 channels: 230 -> 290
+# GMAC/s; a two-vector tile is exactly 1 KB, the limit, so long reductions keep "local").
+SHORT_REDUCTION = 32
 
 
 def _extent(sch, loop) -> int | None:
@@ -95,7 +101,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     (depthwise: each channel tile copies its own rows inside its task).
     """
     from . import packed_conv as pc
-    from .vnni import INTERLEAVE, INTRIN
+    from .vnni import INTERLEAVE, INTRIN, INTRIN_STACK
 
     conv, pack = blocks[names.index(pc.CONV_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
     # The crop and every fused elementwise op become one epilogue block: the last one.
@@ -115,10 +121,16 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         rows = [y]
     columns = _extent(sch, x)
     vectors = next(v for v in (VECTORS_PER_TILE, 2, 1) if columns % (v * pc.LANES) == 0)
-    local = sch.cache_write(conv, 0, "local")
+    inner_red = red[-1:] if vnni else []
+    steps = 1
+    for loop in red[:len(red) - len(inner_red)]:
+        steps *= _extent(sch, loop)
+    on_stack = vectors == 1 or steps <= SHORT_REDUCTION
+    if on_stack:
+        vectors = 1
+    local = sch.cache_write(conv, 0, "global" if on_stack else "local")
     ocb, oci = sch.split(o, [None, channels])
     xo, xv, xi = sch.split(x, [None, vectors, pc.LANES])
-    inner_red = red[-1:] if vnni else []
     sch.reorder(n, ocb, *rows, xo, *red[:len(red) - len(inner_red)], oci, xv, xi, *inner_red)
     sch.reverse_compute_at(local, xo)
     outer = sch.fuse(n, ocb) if pack_in_tile else sch.fuse(n, ocb, *rows)
@@ -135,7 +147,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         sch.vectorize(xi)  # before decompose_reduction: a reduction block may be vectorized
     init = sch.decompose_reduction(conv, red[0])
     if vnni:
-        sch.tensorize(xi, INTRIN)
+        sch.tensorize(xi, INTRIN_STACK if on_stack else INTRIN)
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
     if flat == pc.FLAT_PADDED:

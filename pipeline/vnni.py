@@ -6,6 +6,9 @@ LLVM 22 rejects for `llvm.x86.avx512.vpdpbusd.512` (it wants `<64 x i8>`). Ours 
 `packed_conv`'s layout: the uint8 activations are the vector (16 outputs x 4 input channels,
 64 contiguous bytes) and the 4 int8 weight bytes are broadcast.
 
+`INTRIN_STACK` is the same for an accumulator tile in a small "global" buffer, which TVM
+places on the stack (LLVM keeps it in registers); "local" ones go to a heap workspace.
+
 `INTERLEAVE`: 16 bytes from each of 4 channel rows -> 64 bytes [16 x 4], as vector shuffles;
 it builds that activation layout without a byte-by-byte loop.
 
@@ -18,39 +21,44 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 INTRIN = "tvmq_vnni_u8vec_s8bcast_16x4"
+INTRIN_STACK = "tvmq_vnni_u8vec_s8bcast_16x4_stack"  # accumulators in a "global" (stack) tile
 
 
-@T.prim_func(s_tir=True)
-def _desc(a: T.Buffer((16, 4), "uint8", offset_factor=1),
-          b: T.Buffer((4,), "int8", offset_factor=1),
-          c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:16], a[0:16, 0:4], b[0:4])
-        T.writes(c[0:16])
-        for i, k in T.grid(16, 4):
-            with T.sblock("update"):
-                vi, vk = T.axis.remap("SR", [i, k])
-                c[vi] = c[vi] + T.Cast("int32", a[vi, vk]) * T.Cast("int32", b[vk])
+def _vnni(scope: str):
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((16, 4), "uint8", offset_factor=1),
+             b: T.Buffer((4,), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:16, 0:4], b[0:4])
+            T.writes(c[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.Cast("int32", a[vi, vk]) * T.Cast("int32", b[vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((16, 4), "uint8", offset_factor=1),
+             b: T.Buffer((4,), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:16, 0:4], b[0:4])
+            T.writes(c[0:16])
+            weights = T.reinterpret(
+                T.broadcast(T.reinterpret(b.vload([0], "int8x4"), dtype="int32"), 16),
+                dtype="int8x64")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                c.vload([0], dtype="int32x16"),
+                T.reinterpret(a.vload([0, 0], dtype="uint8x64"), dtype="int8x64"),
+                weights,
+                dtype="int32x16")
+
+    return desc, impl
 
 
-@T.prim_func(s_tir=True)
-def _impl(a: T.Buffer((16, 4), "uint8", offset_factor=1),
-          b: T.Buffer((4,), "int8", offset_factor=1),
-          c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:16], a[0:16, 0:4], b[0:4])
-        T.writes(c[0:16])
-        weights = T.reinterpret(T.broadcast(T.reinterpret(b.vload([0], "int8x4"), dtype="int32"), 16),
-                                dtype="int8x64")
-        c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            c.vload([0], dtype="int32x16"),
-            T.reinterpret(a.vload([0, 0], dtype="uint8x64"), dtype="int8x64"),
-            weights,
-            dtype="int32x16")
-
-
-TensorIntrin.register(INTRIN, _desc, _impl, override=True)
+TensorIntrin.register(INTRIN, *_vnni("local"), override=True)
+TensorIntrin.register(INTRIN_STACK, *_vnni("global"), override=True)
 
 
 INTERLEAVE = "tvmq_interleave_4x16_u8"
