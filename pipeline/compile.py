@@ -83,10 +83,9 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "defaul
     if schedules not in SCHEDULES:
         raise TvmqError(f"target.schedules='{schedules}' is invalid: use {' | '.join(SCHEDULES)}.")
     if schedules == "default" and target.kind.name == "llvm":
-        from .schedules import PASS_CONFIG, default_pipeline
+        from .schedules import default_pipeline
 
-        with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
-            return tvm.compile(mod, target, relax_pipeline=default_pipeline(target))
+        return tvm.compile(mod, target, relax_pipeline=default_pipeline(target))
     return tvm.compile(mod, target)
 
 

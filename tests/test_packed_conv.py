@@ -37,6 +37,7 @@ CASES = [
     (240, 80, 14, 1, 1, 0, 1),     # 1x1, 14x14 flat, bias-only epilogue (see conv_model)
     (24, 24, 17, 3, 1, 1, 24),     # depthwise
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
+    (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short
 ]
 
 
