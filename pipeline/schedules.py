@@ -135,6 +135,8 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         sch.compute_at(pack, outer)
         if pc.PAD_BLOCK in names:
             sch.compute_at(blocks[names.index(pc.PAD_BLOCK)], outer)
+        if pc.WIDE_WEIGHT_BLOCK in names:  # the tile's taps, widened once (a stack buffer)
+            sch.compute_at(blocks[names.index(pc.WIDE_WEIGHT_BLOCK)], outer)
     # A flat map padded past OH*OW (e.g. 7x7 in 64 lanes) keeps its epilogue as a separate
     # parallel loop: reverse_compute_at would derive a wrong (too short) row for y * OW + x.
     if flat != pc.FLAT_PADDED:
