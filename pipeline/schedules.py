@@ -172,15 +172,15 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     elif pack_in_tile:
         _vectorize_inner(sch, pack)
     elif pc.INTERLEAVE_ATTR in sch.get(pack).annotations:
+        # One parallel task per (4 input channels, row): it zero-pads those rows (a plain
+        # column loop LLVM vectorizes with masked loads) and interleaves them while they are in
+        # cache, 16 columns per shuffle.
         *outer_loops, columns_loop, _ = sch.get_loops(pack)
-        column_blocks, column_lanes = sch.split(columns_loop, [None, pc.LANES])
+        tasks = sch.fuse(*outer_loops)
+        sch.parallel(tasks)
+        _, column_lanes = sch.split(columns_loop, [None, pc.LANES])
+        sch.compute_at(blocks[names.index(pc.PAD_BLOCK)], tasks)
         sch.tensorize(column_lanes, INTERLEAVE)
-        sch.parallel(sch.fuse(*outer_loops, column_blocks))
-        # The zero-padded copy: (row, channel) pairs in parallel; the column loop stays a plain
-        # serial loop, which LLVM vectorizes with masked loads (TVM's vectorizer, 2 lanes
-        # here, left it byte by byte: 56x56 int8 3x3 conv 1.2x faster).
-        pad = blocks[names.index(pc.PAD_BLOCK)]
-        sch.parallel(sch.fuse(*sch.get_loops(pad)[:-1]))
     else:
         schedule_block(sch, pack)
 
