@@ -735,3 +735,36 @@ def test_zero_padding_runs_on_uint8_with_the_zero_point():
     assert compute_ops(qmod)[0] == []
     fp32, int8 = run_model(mod, weights, x), run_model(qmod, qweights, x)
     assert np.abs(int8 - fp32).max() <= 0.05 * np.abs(fp32).max()
+
+
+def test_float_stem_is_quantized_before_pass_through_ops_that_feed_int8_layers():
+    """A layer kept in float (the default stem) whose output only reaches int8 layers through
+    pass-through ops (ResNet's pad + max pool between NHWC transposes) is quantized at once,
+    so those ops move uint8; an output that also reaches a float op stays float32."""
+    from pipeline.relax_import import keras_to_relax
+
+    def stem(x, L):
+        x = L.Conv2D(8, 3, activation="relu")(x)
+        x = L.MaxPooling2D(3, strides=2)(L.ZeroPadding2D(1)(x))
+        return L.Conv2D(4, 1)(x)
+
+    mod, weights = keras_to_relax(_model((13, 13, 3), stem))
+    x = np.random.default_rng(4).normal(size=(8, 13, 13, 3)).astype(np.float32)
+    qmod, qweights, records, _ = quantize_with_report(mod, weights, x, QConfig())
+    assert [r.name for r in records if r.kept_float] == ["conv2d0"]
+    moved = [(op_name(b.value), str(b.var.ty.dtype)) for b in bindings(qmod)
+             if op_name(b.value) in ("relax.nn.max_pool2d", "relax.nn.pad", "relax.permute_dims")]
+    # the model input's NHWC -> NCHW transpose is float32; every later one moves uint8
+    assert moved[0] == ("relax.permute_dims", "float32") and len(moved) >= 4, moved
+    assert all(dtype == "uint8" for _, dtype in moved[1:]), moved
+    fp32, int8 = run_model(mod, weights, x), run_model(qmod, qweights, x)
+    assert np.abs(int8 - fp32).max() <= 0.05 * np.abs(fp32).max()
+
+    def float_tail(x, L):
+        x = L.Conv2D(8, 3, activation="relu")(x)
+        return L.Softmax()(L.Flatten()(x))  # reshape (pass-through) into a float-only op
+
+    mod, weights = keras_to_relax(_model((6, 6, 3), float_tail))
+    qmod, _, _, _ = quantize_with_report(mod, weights, x[:, :6, :6], QConfig())
+    assert all(str(b.var.ty.dtype) != "uint8" for b in bindings(qmod)
+               if isinstance(b.var.ty, relax.TensorType))

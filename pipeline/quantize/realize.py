@@ -134,6 +134,23 @@ class Realizer:
             self.quants[var] = (self.emit(relax.op.astype(v, "uint8")), qp)
         return self.quants[var]
 
+    def feeds_int8_only(self, var) -> bool:
+        """Whether every use of `var` ends in uint8 arithmetic: int8 layers, or pass-through
+        ops (pad, pool, transpose, ...) whose results do. Such a float value (a layer kept in
+        float) is quantized at once, so the pass-through ops move uint8, not float32."""
+        if var.same_as(self.returned) or not self.consumers.get(var):
+            return False
+        for b in self.consumers[var]:
+            unit = self.unit_of_head.get(b.var)
+            if unit is not None:
+                if not (unit.data.same_as(var) and unit.name not in self.float_units):
+                    return False
+            elif op_name(b.value) not in (*INT8_PASSTHROUGH, "relax.nn.pad"):
+                return False
+            elif not (b.value.args[0].same_as(var) and self.feeds_int8_only(b.var)):
+                return False
+        return True
+
     def takes_int8(self, var) -> bool:
         """Whether some consumer of `var` computes on uint8 (so produce it quantized)."""
         if var.same_as(self.returned):
@@ -239,6 +256,8 @@ def realize_unit(r: Realizer, u: Unit) -> None:
         record.kept_float = r.float_units[u.name]
         for var in u.members:
             r.float_op(next(b for b in r.bindings if b.var.same_as(var)))
+        if r.feeds_int8_only(u.out):
+            r.quant_of(u.out)
         return
     cfg = r.cfg
     xq, qx = r.quant_of(u.data)
