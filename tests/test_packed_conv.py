@@ -25,7 +25,8 @@ needs_vnni = pytest.mark.skipif("avx512_vnni" not in cpu_flags(),
 # (in channels, out channels, size, kernel, stride, padding, groups)
 CASES = [
     (16, 32, 14, 3, 1, 1, 1),      # OW 14 < one vector of 16
-    (24, 16, 7, 3, 1, 1, 1),       # 7x7 map: laid flat (49 of 64 lanes)
+    (24, 16, 7, 3, 1, 1, 1),       # 7x7 map: laid flat (int8: over the padded width, 63 of 64)
+    (6, 8, 9, 3, 1, 0, 1),         # small map, no padding, 6 channels (int8: flat over width 9)
     (20, 16, 14, 3, 2, 1, 1),      # strided to a 7x7 flat map, channels not a multiple of 8
     (6, 12, 9, 3, 2, 1, 1),        # in channels not a multiple of 4, out not of 8
     (6, 8, 12, 3, 1, 1, 1),        # stride-1 rows (padded copy + shuffles), 6 channels
