@@ -46,7 +46,7 @@ TILE_ATTR = "tvmq.channel_tile"  # output channels per register tile, read by th
 PACK_IN_TILE_ATTR = "tvmq.pack_in_tile"  # each channel tile copies its own input rows
 VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int32 lane
 FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)
-FLAT_PADDED = 2  # FLAT_ATTR value when the flat map is padded past OH*OW
+FLAT_PADDED = 2  # FLAT_ATTR value when the flat map runs over the padded width (p = y * WP + x)
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d",
                 "packed_dense_u8s8")
@@ -198,8 +198,8 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
             return (out[0] * sh + ry, rx, out[1])
 
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-    # FLAT_ATTR: 0 rows, 1 flat, 2 flat with padding positions past OH*OW
-    attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat) + int(flat and pp != oh * ow)}
+    # FLAT_ATTR: 0 rows, 1 flat (p = y * OW + x), 2 flat over the padded width
+    attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat) + int(padded_flat)}
     if int8 and (shifted or padded_flat or flat and kh == kw == sh == sw == 1
                  and not any(padding) and pp == oh * ow and c % IC_GROUP == 0):
         # Contiguous runs: zero-pad the input once ([row, channel, column]; for 1x1 convs a

@@ -137,8 +137,13 @@ def schedule_packed_conv(sch, blocks, names) -> None:
             sch.compute_at(blocks[names.index(pc.PAD_BLOCK)], outer)
         if pc.WIDE_WEIGHT_BLOCK in names:  # the tile's taps, widened once (a stack buffer)
             sch.compute_at(blocks[names.index(pc.WIDE_WEIGHT_BLOCK)], outer)
-    # A flat map padded past OH*OW (e.g. 7x7 in 64 lanes) keeps its epilogue as a separate
-    # parallel loop: reverse_compute_at would derive a wrong (too short) row for y * OW + x.
+    # The finished tile's epilogue: reverse_compute_at derives a wrong region from a flat index
+    # y * OW + x (x pinned to 0), so the epilogue first iterates the flat position itself. A
+    # map flat over its padded width (y * WP + x, garbage columns) keeps the epilogue as its
+    # own parallel loop.
+    if flat == 1:
+        width = int(sch.get(epilogue).iter_vars[-1].dom.extent)
+        sch.transform_block_layout(epilogue, lambda n, o, y, x: (n, o, y * width + x))
     if flat != pc.FLAT_PADDED:
         sch.reverse_compute_at(epilogue, rows[0] if pack_in_tile and rows else outer)
     sch.unroll(oci)
