@@ -16,8 +16,9 @@ stored in the built `model.params`):
   stride-1 rows the copy is a zero-padded input plus vector shuffles (`vnni.INTERLEAVE`).
 - 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows;
   depthwise convs keep their weight and copy padded rows split by column phase.
-- The int8 classifier head (uint8 [1, K] x int8 [K, N] `matmul`): weight `[N/16, K/4, 16, 4]`,
-  4 input bytes broadcast against 16 output columns (`vnni.INTRIN_DENSE`).
+- Dense layers (`matmul` with a [K, N] weight parameter, e.g. the classifier head): float32
+  weight `[N/16, K, 16]`, one input broadcast against 16 output columns; uint8 x int8 weight
+  `[N/16, K/4, 16, 4]`, 4 input bytes broadcast against 16 columns (`vnni.INTRIN_DENSE`).
 
 Activations stay NCHW between layers (the copy is part of the conv kernel), so every other op
 and the quantizer's epilogues are unchanged. The arithmetic is the same sum per output
@@ -49,7 +50,7 @@ FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) in
 FLAT_PADDED = 2  # FLAT_ATTR value when the flat map runs over the padded width (p = y * WP + x)
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d",
-                "packed_dense_u8s8")
+                "packed_dense_u8s8", "packed_dense_f32")
 FLOAT = ("float32", "float32", "float32")
 U8S8 = ("uint8", "int8", "int32")
 
@@ -75,21 +76,29 @@ def pack_weight(weight: np.ndarray, int8: bool) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
 
 
-def pack_dense_weight(weight: np.ndarray) -> np.ndarray:
-    """int8 [K, N] -> [N/16, K/4, 16, 4] (N and K zero-padded): 16 output columns x 4 inputs per
-    64-byte vector, the `vnni.INTRIN_DENSE` operand."""
+def pack_dense_weight(weight: np.ndarray, int8: bool) -> np.ndarray:
+    """[K, N] -> float32 [N/16, K, 16] or int8 [N/16, K/4, 16, 4] (N and K zero-padded): 16
+    output columns per vector (int8: x 4 inputs, the `vnni.INTRIN_DENSE` operand)."""
     k, n = weight.shape
-    padded = np.zeros((_ceil(k, IC_GROUP), _ceil(n, LANES)), weight.dtype)
+    group = IC_GROUP if int8 else 1
+    padded = np.zeros((_ceil(k, group), _ceil(n, LANES)), weight.dtype)
     padded[:k, :n] = weight
-    blocks = padded.reshape(-1, IC_GROUP, padded.shape[1] // LANES, LANES)
-    return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
+    blocks = padded.reshape(-1, group, padded.shape[1] // LANES, LANES)
+    packed = np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
+    return packed if int8 else packed[..., 0]
 
 
 def packed_dense(data: te.Tensor, weight: te.Tensor, columns: int):
-    """uint8 [M, K] x packed int8 weight -> int32 [M, columns]: per output vector of 16 columns,
-    one `vpdpbusd` per 4 inputs (the input bytes broadcast)."""
+    """[M, K] x packed weight -> [M, columns], 16 output columns per vector: float32 one FMA
+    per input (broadcast); uint8 x int8 -> int32 one `vpdpbusd` per 4 inputs (the input bytes
+    broadcast)."""
     m, k = (int(d) for d in data.shape)
     blocks, groups = (int(d) for d in weight.shape[:2])
+    if str(data.dtype) == "float32":
+        rk = te.reduce_axis((0, k), "rk")
+        acc = te.compute((m, blocks * LANES), lambda mm, n: te.sum(
+            data[mm, rk] * weight[n // LANES, rk, n % LANES], axis=[rk]), name=DENSE_BLOCK)
+        return te.compute((m, columns), lambda mm, n: acc[mm, n], name=CROP_BLOCK)
     packed = te.compute(
         (m, groups, IC_GROUP),
         lambda mm, g, i: tirx.if_then_else(g * IC_GROUP + i < k, data[mm, g * IC_GROUP + i],
@@ -290,7 +299,7 @@ def packed_depthwise2d(data: te.Tensor, weight: te.Tensor, strides, padding):
 
 
 def packable_dense(call, weight_names: set[str]) -> bool:
-    """A 2-D uint8 x int8 -> int32 matmul whose [K, N] weight is a model parameter."""
+    """A 2-D float32 or uint8 x int8 -> int32 matmul whose [K, N] weight is a model parameter."""
     if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
             and call.op.name == "relax.matmul"):
         return False
@@ -298,7 +307,7 @@ def packable_dense(call, weight_names: set[str]) -> bool:
     return (isinstance(weight, relax.Var) and weight.name in weight_names
             and len(data.ty.shape) == 2 and len(weight.ty.shape) == 2
             and all(isinstance(d, tirx.IntImm) for d in (*data.ty.shape, *weight.ty.shape))
-            and _dtypes(call) == U8S8)
+            and _dtypes(call) in (FLOAT, U8S8))
 
 
 def _dtypes(call) -> tuple[str, str, str]:
@@ -345,12 +354,15 @@ class _ConvPacker(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if self.int8 and packable_dense(call, set(self.weights)):
+        if packable_dense(call, set(self.weights)):
+            int8 = _dtypes(call) == U8S8
+            if int8 and not self.int8:
+                return call
             self.rewritten += 1
-            var = self._packed(call.args[1], pack_dense_weight)
+            var = self._packed(call.args[1], lambda w: pack_dense_weight(w, int8))
             return self.builder_.call_te(packed_dense, call.args[0], var,
                                          columns=int(call.args[1].ty.shape[1]),
-                                         primfunc_name_hint=KERNEL_NAMES[3])
+                                         primfunc_name_hint=KERNEL_NAMES[3 if int8 else 4])
         if not packable(call, set(self.weights)):
             return call
         int8 = _dtypes(call) == U8S8

@@ -190,30 +190,35 @@ def schedule_packed_conv(sch, blocks, names) -> None:
 
 def schedule_packed_dense(sch, blocks, names) -> None:
     """A `packed_dense` kernel: tiles of up to 4 x 16 output columns accumulated in registers
-    over all inputs (one VNNI instruction per 4 inputs and 16 columns), tiles in parallel; the
-    fused epilogue (bias, dequantize) runs as its own parallel vector loop."""
+    over all inputs (float32: one FMA per input and 16 columns; uint8 x int8: one VNNI
+    instruction per 4 inputs), tiles in parallel; the fused epilogue (bias, dequantize) runs
+    as its own parallel vector loop."""
     from . import packed_conv as pc
     from .vnni import INTRIN_DENSE
 
-    dense, pack = blocks[names.index(pc.DENSE_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
+    dense = blocks[names.index(pc.DENSE_BLOCK)]
+    vnni = pc.PACK_BLOCK in names  # uint8: inputs grouped by 4
     for block in blocks[names.index(pc.CROP_BLOCK):-1]:
         sch.compute_inline(block)
-    m, n, rg, ri = sch.get_loops(dense)
+    m, n, *red = sch.get_loops(dense)
     vector_blocks = _extent(sch, n) // pc.LANES
     vectors = next(v for v in (4, 3, 2, 1) if vector_blocks % v == 0)
-    local = sch.cache_write(dense, 0, "local")
+    local = sch.cache_write(dense, 0, "global")  # <= 256 bytes: a stack tile, in registers
     no, nv, ni = sch.split(n, [None, vectors, pc.LANES])
-    sch.reorder(m, no, rg, nv, ni, ri)
+    sch.reorder(m, no, red[0], nv, ni, *red[1:])
     tiles = sch.fuse(m, no)
     sch.parallel(tiles)
     sch.reverse_compute_at(local, tiles)
     sch.unroll(nv)
-    init = sch.decompose_reduction(dense, rg)
-    sch.tensorize(ni, INTRIN_DENSE)
+    if not vnni:
+        sch.vectorize(ni)  # before decompose_reduction, as in schedule_packed_conv
+    init = sch.decompose_reduction(dense, red[0])
+    if vnni:
+        sch.tensorize(ni, INTRIN_DENSE)
+        _vectorize_inner(sch, blocks[names.index(pc.PACK_BLOCK)])
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
     schedule_block(sch, blocks[-1])
-    _vectorize_inner(sch, pack)
 
 
 class PackedConvSchedule(dl.ScheduleRule):

@@ -13,7 +13,8 @@ places on the stack (LLVM keeps it in registers); "local" ones go to a heap work
 it builds that activation layout without a byte-by-byte loop.
 
 `INTRIN_DENSE`: the same instruction the other way round, for a dense layer at batch 1: 4 input
-bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `[16 x 4]`).
+bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `[16 x 4]`),
+accumulating into a stack tile.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ INTRIN_DENSE = "tvmq_vnni_u8bcast_s8vec_16x4"
 @T.prim_func(s_tir=True)
 def _dense_desc(a: T.Buffer((4,), "uint8", offset_factor=1),
                 b: T.Buffer((16, 4), "int8", offset_factor=1),
-                c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+                c: T.Buffer((16,), "int32", offset_factor=1, scope="global")) -> None:
     with T.sblock("root"):
         T.reads(c[0:16], a[0:4], b[0:16, 0:4])
         T.writes(c[0:16])
@@ -114,7 +115,7 @@ def _dense_desc(a: T.Buffer((4,), "uint8", offset_factor=1),
 @T.prim_func(s_tir=True)
 def _dense_impl(a: T.Buffer((4,), "uint8", offset_factor=1),
                 b: T.Buffer((16, 4), "int8", offset_factor=1),
-                c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+                c: T.Buffer((16,), "int32", offset_factor=1, scope="global")) -> None:
     with T.sblock("root"):
         T.reads(c[0:16], a[0:4], b[0:16, 0:4])
         T.writes(c[0:16])

@@ -186,43 +186,54 @@ def test_stride_one_rows_are_copied_once_not_per_kernel_column(int8):
     assert copy_shape(2) == ((1, 4, 58, 3, 32, 4) if int8 else (1, 16, 58, 3, 32))
 
 
-def dense_model(k: int, n: int):
-    """uint8 [1, K] x int8 [K, N] -> int32, + bias, dequantized to float (the quantizer's
-    classifier head)."""
+def dense_model(int8: bool, k: int, n: int):
+    """The classifier head: [1, K] x [K, N] + bias; int8: uint8 x int8 -> int32, + int32 bias,
+    dequantized to float (what the quantizer emits)."""
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, k), "uint8"))
-    params = [x, relax.Var("w", relax.TensorType((k, n), "int8")),
-              relax.Var("b", relax.TensorType((1, n), "int32")),
+    dt, wt, acc = ("uint8", "int8", "int32") if int8 else ("float32",) * 3
+    x = relax.Var("x", relax.TensorType((1, k), dt))
+    params = [x, relax.Var("w", relax.TensorType((k, n), wt)),
+              relax.Var("b", relax.TensorType((1, n), acc)),
               relax.Var("s", relax.TensorType((1, n), "float32"))]
     with bb.function(ENTRY, params, attrs={"num_input": 1}):
         with bb.dataflow():
-            y = bb.emit(relax.op.matmul(x, params[1], out_dtype="int32"))
-            y = bb.emit(relax.op.multiply(relax.op.astype(relax.op.add(y, params[2]), "float32"),
-                                          params[3]))
+            y = bb.emit(relax.op.add(relax.op.matmul(x, params[1], out_dtype=acc), params[2]))
+            y = bb.emit(relax.op.multiply(relax.op.astype(y, "float32"), params[3]))
             y = bb.emit_output(y)
         bb.emit_func_output(y)
     rng = np.random.default_rng(k * 1000 + n)
-    return bb.get(), rng.integers(0, 256, (1, k)).astype("uint8"), {
-        "w": rng.integers(-128, 128, (k, n)).astype("int8"),
-        "b": rng.integers(-2000, 2000, (1, n)).astype("int32"),
-        "s": rng.random((1, n)).astype("float32")}
+    if int8:
+        return bb.get(), rng.integers(0, 256, (1, k)).astype("uint8"), {
+            "w": rng.integers(-128, 128, (k, n)).astype("int8"),
+            "b": rng.integers(-2000, 2000, (1, n)).astype("int32"),
+            "s": rng.random((1, n)).astype("float32")}
+    return bb.get(), rng.standard_normal((1, k)).astype("float32"), {
+        "w": rng.standard_normal((k, n)).astype("float32"),
+        "b": rng.standard_normal((1, n)).astype("float32"), "s": rng.random((1, n)).astype("float32")}
 
 
 @needs_vnni
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 @pytest.mark.parametrize("k,n", [(1280, 1000), (30, 20)], ids=["lite0-head", "ragged"])
-def test_packed_dense_matches_generic_build(k, n):
-    """The int8 classifier head: VNNI kernel, bit-exact; K and N need not be multiples of 4/16."""
-    mod, x, weights = dense_model(k, n)
+def test_packed_dense_matches_generic_build(int8, k, n):
+    """The classifier head as our kernel (int8: VNNI, bit-exact; float32 within 1e-5); K and N
+    need not be multiples of 4/16; without VNNI the int8 head keeps the generic matmul."""
+    mod, x, weights = dense_model(int8, k, n)
     expected, _ = run(mod, weights, x, X86, "none")
     got, built = run(mod, weights, x, X86, "default")
-    assert packed_kernels(built)["packed_dense_u8s8"] == 1
+    assert packed_kernels(built)["packed_dense_u8s8" if int8 else "packed_dense_f32"] == 1
     assert scheduled_by_packed_rule(built) == 1
-    np.testing.assert_array_equal(got, expected)
-    assert specialize(mod, weights, GENERIC, "default")[0] is mod  # no VNNI: generic matmul
+    if int8:
+        np.testing.assert_array_equal(got, expected)
+        assert specialize(mod, weights, GENERIC, "default")[0] is mod
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_dense_weight_packing_layout():
     w = (np.arange(30 * 20).reshape(30, 20) % 251 - 125).astype(np.int8)
-    p = pack_dense_weight(w)
+    f = pack_dense_weight(w.astype(np.float32), int8=False)
+    assert f.shape == (2, 30, 16) and f[1, 29, 3] == w[29, 19] and f[1, 0, 4] == 0
+    p = pack_dense_weight(w, int8=True)
     assert p.shape == (2, 8, 16, 4)  # N 20 -> 32 columns, K 30 -> 32 inputs, zero-padded
     assert p[1, 7, 3, 1] == w[29, 19] and p[1, 7, 3, 2] == 0 and p[1, 0, 4, 0] == 0
