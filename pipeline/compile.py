@@ -73,19 +73,23 @@ def packed_kernels(mod: tvm.IRModule) -> dict[str, int]:
 SCHEDULES = ("default", "none")
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "default"):
+def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "default",
+          tuning_dir: Path | None = None):
     """relax's CPU pipeline (legalize, fuse, lower) and codegen for `target`.
 
     schedules="default" applies `schedules.PackedConvSchedule` to the `packed_conv` kernels
     (see `specialize`) and `schedules.ParallelVectorize` to every other fused kernel on llvm
-    targets (no tuning); "none" keeps TVM's generic single-threaded loops.
+    targets; kernels with a record in the MetaSchedule database `tuning_dir` (`tuning.tune`)
+    get their tuned schedule instead. "none" keeps TVM's generic single-threaded loops.
     """
     if schedules not in SCHEDULES:
         raise TvmqError(f"target.schedules='{schedules}' is invalid: use {' | '.join(SCHEDULES)}.")
     if schedules == "default" and target.kind.name == "llvm":
         from .schedules import default_pipeline
+        from .tuning import has_records
 
-        return tvm.compile(mod, target, relax_pipeline=default_pipeline(target))
+        tuned = tuning_dir if has_records(tuning_dir) else None
+        return tvm.compile(mod, target, relax_pipeline=default_pipeline(target, tuned))
     return tvm.compile(mod, target)
 
 
@@ -117,16 +121,19 @@ def cpu_vm(mod: tvm.IRModule, weights: dict[str, np.ndarray],
 
 
 def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], target_cfg: dict,
-           variant: str) -> dict:
-    """Build `mod` and write model.so, model.params and manifest.json into `folder`.
+           variant: str, tuning_dir: Path | None = None) -> dict:
+    """Build `mod` and write model.so, model.params and manifest.json into `folder`; kernels
+    with a record in the MetaSchedule database `tuning_dir` get their tuned schedule.
 
     Call it on a fresh folder (the stage's `atomic_dir`), so a failed build leaves nothing.
     """
+    from .tuning import summary
+
     folder = Path(folder)
     target = make_target(target_cfg)
     schedules = target_cfg.get("schedules", "default")
     built, weights = specialize(mod, weights, target, schedules)
-    executable = build(built, target, schedules)
+    executable = build(built, target, schedules, tuning_dir)
     executable.export_library(str(folder / LIBRARY_FILE))
     save_params(folder / "model.params", weights)
     func = built[ENTRY]
@@ -146,6 +153,7 @@ def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], targ
         "op_counts": op_counts(mod),
         "ops": op_list(mod),
         "packed_conv2d": packed_kernels(built),
+        "tuning": summary(tuning_dir),
         "how_to_run": "lib = tvm.runtime.load_module(library); vm = relax.VirtualMachine(lib, "
                       "tvm.cpu()); p = tvm.runtime.load_param_dict(open(params_file,'rb').read()); "
                       "vm[entry](x, *[p[q['name']] for q in params])",

@@ -260,9 +260,12 @@ class ParallelVectorize(dl.ScheduleRule):
         return sch
 
 
-def default_pipeline(target: tvm.target.Target):
-    """relax's CPU pipeline with `ParallelVectorize` applied after fusion."""
+def default_pipeline(target: tvm.target.Target, tuning_dir=None):
+    """relax's CPU pipeline with our schedule rules applied after fusion; with a MetaSchedule
+    database `tuning_dir` (`tuning.tune`), kernels it has records for get those first."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from .tuning import apply_database
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):
@@ -270,6 +273,7 @@ def default_pipeline(target: tvm.target.Target):
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
                 + cpu_generic.legalize_passes(target)
+                + ([apply_database(tuning_dir)] if tuning_dir else [])
                 + [dl.ApplyDefaultSchedule(PackedConvSchedule(), ParallelVectorize())]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target))

@@ -28,6 +28,8 @@ REPRODUCIBLE = [
     "artifacts/relax/summary.json",
     "artifacts/quantize/model.py", "artifacts/quantize/model.params",
     "artifacts/quantize/report.json", "artifacts/quantize/report.csv",
+    *(f"artifacts/tune/{v}/{f}" for v in ("fp32", "int8")
+      for f in ("database_workload.json", "database_tuning_record.json", "tuning.json")),
     *(f"artifacts/build/{v}/{f}" for v in ("fp32", "int8")
       for f in ("manifest.json", "model.params", "model.so")),
     "artifacts/evaluate/accuracy.csv", "artifacts/evaluate/predictions.csv",

@@ -25,8 +25,8 @@ from conftest import ROOT
 from dvc_repo import TINY, bake_overrides, git_commit, ran_stages, sh, stale_stages
 from pipeline.params import compose as compose_params
 
-INT8_PATH = {"quantize", "build@int8", "evaluate", "measure"}
-BUILDS_ON = {"build@fp32", "build@int8", "evaluate", "measure"}
+INT8_PATH = {"quantize", "tune@int8", "build@int8", "evaluate", "measure"}
+BUILDS_ON = {"tune@fp32", "tune@int8", "build@fp32", "build@int8", "evaluate", "measure"}
 SWEEP = ["max", "percentile", "mse"]
 QUEUE_TIMEOUT_S = 420
 

@@ -1,4 +1,5 @@
-"""Stage 4: compile one variant (fp32 from to_relax, int8 from quantize) for the target.
+"""Stage 5: compile one variant (fp32 from to_relax, int8 from quantize) for the target, with
+the variant's tuning database (artifacts/tune/<variant>, empty unless tune.trials > 0).
 
     python -m pipeline.stages.build fp32|int8
 """
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"building {variant} for {target_cfg['name']} ...", flush=True)
     start = time.perf_counter()
     with atomic_dir(out_dir) as out:
-        manifest = export(out, mod, weights, target_cfg, variant)
+        manifest = export(out, mod, weights, target_cfg, variant, f"artifacts/tune/{variant}")
     # Printed, not written to manifest.json: the manifest stays byte-identical across runs.
     print(f"{out_dir}: {manifest['target']}, built in {time.perf_counter() - start:.2f} s")
 

@@ -1,4 +1,4 @@
-"""Stage 5: accuracy of Keras and of every built variant on the bundled photos.
+"""Stage 6: accuracy of Keras and of every built variant on the bundled photos.
 
     python -m pipeline.stages.evaluate fp32 [int8 ...]
 

@@ -1,4 +1,4 @@
-"""Stage 6: latency, throughput, peak memory and file sizes of every variant and of Keras.
+"""Stage 7: latency, throughput, peak memory and file sizes of every variant and of Keras.
 
     python -m pipeline.stages.measure fp32 [int8 ...]
 
