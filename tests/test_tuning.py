@@ -33,7 +33,7 @@ def test_untuned_tasks_leave_our_packed_kernels_out():
 def test_zero_trials_writes_an_empty_portable_database(tmp_path):
     mod, x, weights = conv_model(True, 16, 16, 14, 3, 1, 1, 1)
     summary = tune(mod, weights, X86, 0, tmp_path / "db")
-    assert summary == {"trials": 0, "target": str(X86), "tasks": [], "records": 0}
+    assert summary == {"trials": 0, "target": str(X86), "tasks": [], "records": 0, "kept": []}
     assert json.loads((tmp_path / "db" / SUMMARY_FILE).read_text()) == summary
     assert not has_records(tmp_path / "db")
     assert sorted(p.name for p in (tmp_path / "db").iterdir()) == sorted(
@@ -41,10 +41,11 @@ def test_zero_trials_writes_an_empty_portable_database(tmp_path):
 
 
 def test_tuned_records_are_applied_by_build_and_give_the_same_result(tmp_path):
-    """A few trials on generic llvm (no VNNI: the int8 conv is generic code): records are
-    written, build applies them (manifest counts them), the result stays bit-exact."""
+    """A few trials on generic llvm (no VNNI: the int8 conv is generic code). Kept as tuned
+    (`only_faster=False`), build applies the records (manifest counts them) and the result
+    stays bit-exact; by default only records faster than the default schedule stay."""
     mod, x, weights = conv_model(True, 16, 16, 14, 3, 1, 1, 1)
-    summary = tune(mod, weights, GENERIC, 4, tmp_path / "db")
+    summary = tune(mod, weights, GENERIC, 4, tmp_path / "db", only_faster=False)
     assert summary["records"] > 0 and any("conv" in t for t in summary["tasks"])
     assert has_records(tmp_path / "db") and not (tmp_path / "db" / "logs").exists()
     np.testing.assert_array_equal(run(mod, weights, x, GENERIC, tmp_path / "db"),
@@ -53,7 +54,9 @@ def test_tuned_records_are_applied_by_build_and_give_the_same_result(tmp_path):
     manifest = export(tmp_path / "out", mod, weights, {"name": "llvm", "kind": "llvm"}, "int8",
                       tmp_path / "db")
     assert manifest["tuning"]["records"] == summary["records"]
-    assert packed_kernels(specialize(mod, weights, GENERIC, "default")[0])["packed_conv2d_u8s8"] == 0
+
+    kept = tune(mod, weights, GENERIC, 4, tmp_path / "kept")  # the stage's default
+    assert set(kept["kept"]) <= set(kept["tasks"]) and (kept["records"] > 0) == bool(kept["kept"])
 
 
 @pytest.mark.parametrize("trials, target, message", [
