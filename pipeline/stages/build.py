@@ -17,12 +17,18 @@ from ..relax_io import load_relax
 SOURCES = {"fp32": "artifacts/relax", "int8": "artifacts/quantize"}
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> None:
+def variant_arg(stage: str, argv: list[str] | None) -> str:
+    """The one command-line argument of a per-variant stage: fp32 or int8."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] not in SOURCES:
-        raise TvmqError(f"usage: python -m pipeline.stages.build {{{'|'.join(SOURCES)}}}; got {argv}")
-    variant = argv[0]
+        raise TvmqError(f"usage: python -m pipeline.stages.{stage} {{{'|'.join(SOURCES)}}}; "
+                        f"got {argv}")
+    return argv[0]
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    variant = variant_arg("build", argv)
     target_cfg = params.load()["target"]
     mod, weights = load_relax(SOURCES[variant])
     out_dir = f"artifacts/build/{variant}"

@@ -4,23 +4,18 @@
 """
 from __future__ import annotations
 
-import sys
-
 from .. import params
 from ..atomic import atomic_dir
 from ..compile import make_target
 from ..errors import TvmqError, cli_main
 from ..relax_io import load_relax
 from ..tuning import tune
-from .build import SOURCES
+from .build import SOURCES, variant_arg
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in SOURCES:
-        raise TvmqError(f"usage: python -m pipeline.stages.tune {{{'|'.join(SOURCES)}}}; got {argv}")
-    variant = argv[0]
+    variant = variant_arg("tune", argv)
     p = params.load()
     target_cfg, trials = p["target"], p["tune"]["trials"]
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 0:
