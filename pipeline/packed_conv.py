@@ -170,7 +170,8 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     row_stride = wp if padded_flat else ow  # of the flat output
     if padded_flat:
         pp = _ceil(oh * wp, LANES)
-        copy_shape, out_shape = (1, 1, _ceil(pp + (kh - 1) * wp + kw - 1, LANES)), (n, ocb * ob, pp)
+        length = _ceil(pp + (kh - 1) * wp + kw - 1, LANES)  # what the last tap reads
+        copy_shape, out_shape = (1, 1, length), (n, ocb * ob, pp)
 
         def window(nn, ch, _ky, _kx, q):
             return source(nn, ch, q // wp, q % wp, True)

@@ -175,7 +175,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         else:
             sch.fuse(*loops[:-1])
     elif pc.INTERLEAVE_ATTR in sch.get(pack).annotations:
-        # One parallel task per (4 input channels, row): it zero-pads those rows (a plain
+        # One parallel task per 4 input channels and row (or flat map): it zero-pads them (a plain
         # column loop LLVM vectorizes with masked loads) and interleaves them while they are in
         # cache, 16 columns per shuffle.
         *outer_loops, columns_loop, _ = sch.get_loops(pack)
