@@ -16,6 +16,7 @@ model (the XGBoost one would add a ~220 MB dependency).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -33,8 +34,6 @@ SUMMARY_FILE = "tuning.json"
 
 def tuning_target(target: tvm.target.Target) -> tvm.target.Target:
     """`target` with the core count MetaSchedule requires (`num-cores`: this machine's)."""
-    import os
-
     spec = dict(target.export())
     spec.setdefault("num-cores", os.cpu_count() or 1)
     return tvm.target.Target({k: v for k, v in spec.items() if k not in ("tag", "keys")})
@@ -61,9 +60,11 @@ def untuned_tasks(mod: tvm.IRModule, weights: dict[str, np.ndarray], target: tvm
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     fused, _ = lowered(mod, weights, target)
-    tasks = extract_tasks(fused, target)
-    return [t for t in tasks
-            if not any(f.attrs and f.attrs.get("tirx.is_scheduled") for f in t.dispatched[0].functions.values())]
+    def scheduled(task) -> bool:
+        return any(f.attrs and f.attrs.get("tirx.is_scheduled")
+                   for f in task.dispatched[0].functions.values())
+
+    return [t for t in extract_tasks(fused, target) if not scheduled(t)]
 
 
 def tune(mod: tvm.IRModule, weights: dict[str, np.ndarray], target: tvm.target.Target,

@@ -119,8 +119,9 @@ def _dense_impl(a: T.Buffer((4,), "uint8", offset_factor=1),
     with T.sblock("root"):
         T.reads(c[0:16], a[0:4], b[0:16, 0:4])
         T.writes(c[0:16])
-        inputs = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
-                               dtype="int8x64")
+        inputs = T.reinterpret(
+            T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
+            dtype="int8x64")
         c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
             c.vload([0], dtype="int32x16"),

@@ -22,10 +22,11 @@ def main(argv: list[str] | None = None) -> None:
         raise TvmqError(f"tune.trials={trials!r} is invalid: use a whole number >= 0 "
                         "(0 = default schedules only), e.g. `dvc exp run -S tune.trials=500`.")
     target = make_target(target_cfg)
-    if trials and (target.kind.name != "llvm" or target_cfg.get("schedules", "default") != "default"):
+    schedules = target_cfg.get("schedules", "default")
+    if trials and (target.kind.name != "llvm" or schedules != "default"):
         raise TvmqError(f"tune.trials={trials} needs an llvm target with schedules: default "
                         f"(target '{target_cfg['name']}' has kind {target.kind.name}, schedules "
-                        f"{target_cfg.get('schedules')}); set tune.trials=0.")
+                        f"{schedules}); set tune.trials=0.")
     mod, weights = load_relax(SOURCES[variant])
     out_dir = f"artifacts/tune/{variant}"
     print(f"tuning {variant} for {target_cfg['name']}: {trials} trials ...", flush=True)
