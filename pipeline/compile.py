@@ -55,7 +55,7 @@ def op_list(mod: tvm.IRModule) -> list[dict]:
 
 def packed_kernels(mod: tvm.IRModule) -> dict[str, int]:
     """How many ops run as `packed_conv` kernels, per kind (float32 conv2d, uint8 x int8
-    conv2d, depthwise, uint8 x int8 dense)."""
+    conv2d, depthwise, uint8 x int8 dense, float32 dense)."""
     from .packed_conv import KERNEL_NAMES
 
     counts = {name: 0 for name in KERNEL_NAMES}
