@@ -213,7 +213,8 @@ def min_max_to_clip(mod, _ctx):
 
 
 def to_nchw(mod: tvm.IRModule) -> tvm.IRModule:
-    """Convert convolutions to NCHW/OIHW and fold the weight transposes into the constants."""
+    """Convert convolutions to NCHW/OIHW, fold the weight transposes into the constants and
+    share repeated transposes."""
     seq = tvm.transform.Sequential(
         [
             reshape_bias_to_rank4,
@@ -222,6 +223,9 @@ def to_nchw(mod: tvm.IRModule) -> tvm.IRModule:
             relax.transform.Normalize(),
             relax.transform.FoldConstant(),
             min_max_to_clip,
+            # ConvertLayout gives each NCHW consumer of an NHWC value its own transpose
+            # (ResNet50: both branches after the max pool); one is enough.
+            relax.transform.EliminateCommonSubexpr(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.DeadCodeElimination([ENTRY]),
         ]

@@ -36,6 +36,8 @@ CASES = [
     (32, 24, 32, 1, 1, 0, 1),      # OW 32 = two vectors per tile
     (40, 64, 28, 1, 2, 0, 1),      # strided 1x1 (ResNet downsample), 14x14 flat in 208 lanes
     (240, 80, 14, 1, 1, 0, 1),     # 1x1, 14x14 flat, bias-only epilogue (see conv_model)
+    (48, 16, 28, 1, 1, 0, 1),      # fewer outputs than inputs, 28x28: position blocks outer
+    (160, 24, 32, 1, 1, 0, 1),     # the same with a long reduction (two-vector "local" tile)
     (24, 24, 17, 3, 1, 1, 24),     # depthwise
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
     (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short

@@ -64,8 +64,18 @@ def same_padding_stride2(x):
     return layers.Dense(5, activation="relu")(x)
 
 
+def pool_then_branches(x):
+    """ResNet50's stem: zero pad + max pool stay NHWC (pad has no layout rule), then two
+    convolution branches read the pooled map."""
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.ZeroPadding2D(1)(x)
+    x = layers.MaxPooling2D(3, strides=2)(x)
+    x = layers.Add()([layers.Conv2D(4, 1)(x), layers.Conv2D(4, 3, padding="same")(x)])
+    return layers.GlobalAveragePooling2D()(x)
+
+
 CASES = [conv_bn_relu6, asymmetric_pad_stride2, depthwise_block, pools_and_dense,
-         same_padding_stride2]
+         same_padding_stride2, pool_then_branches]
 
 
 @pytest.mark.parametrize("body", CASES, ids=lambda f: f.__name__)
@@ -87,6 +97,12 @@ def test_convolutions_run_in_nchw_with_a_single_input_transpose():
     assert 'data_layout="NHWC"' not in text and 'data_layout="NCHW"' in text
     assert all(isinstance(w, np.ndarray) for w in weights.values())
     assert "metadata" not in text  # weights are parameters, not inlined constants
+
+
+def test_branches_share_one_transpose():
+    mod, _ = keras_to_relax(_model(pool_then_branches, shape=(17, 17, 3)))
+    # input -> NCHW, conv output -> NHWC for the pad, pooled map -> NCHW once for both branches
+    assert op_counts(mod)["relax.permute_dims"] == 3, mod.script()
 
 
 def test_tvmscript_and_params_round_trip(tmp_path, run_relax):
