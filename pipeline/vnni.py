@@ -12,6 +12,10 @@ places on the stack (LLVM keeps it in registers); "local" ones go to a heap work
 `INTERLEAVE`: 16 bytes from each of 4 channel rows -> 64 bytes [16 x 4], as vector shuffles;
 it builds that activation layout without a byte-by-byte loop.
 
+`UNFOLD`: 19 bytes of one row -> 64 bytes [16 x 4] where lane x holds bytes x..x+3, the same
+shuffles on 4 overlapping loads: a depthwise conv's 4 neighbouring kernel taps per lane, so
+`INTRIN` multiplies 4 taps at once.
+
 `INTRIN_DENSE`: the same instruction the other way round, for a dense layer at batch 1: 4 input
 bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `[16 x 4]`),
 accumulating into a stack tile.
@@ -94,6 +98,35 @@ def _interleave_impl(a_handle: T.handle, d_handle: T.handle) -> None:
 
 
 TensorIntrin.register(INTERLEAVE, _interleave_desc, _interleave_impl, override=True)
+
+
+UNFOLD = "tvmq_unfold_16x4_u8"
+
+
+@T.prim_func(s_tir=True)
+def _unfold_desc(a: T.Buffer((19,), "uint8", offset_factor=1),
+                 d: T.Buffer((16, 4), "uint8", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(a[0:19])
+        T.writes(d[0:16, 0:4])
+        for x, k in T.grid(16, 4):
+            with T.sblock("copy"):
+                vx, vk = T.axis.remap("SS", [x, k])
+                d[vx, vk] = a[vx + vk]
+
+
+@T.prim_func(s_tir=True)
+def _unfold_impl(a: T.Buffer((19,), "uint8", offset_factor=1),
+                 d: T.Buffer((16, 4), "uint8", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(a[0:19])
+        T.writes(d[0:16, 0:4])
+        d[0, T.ramp(0, 1, 64)] = T.Shuffle(
+            [a[T.ramp(0, 1, 16)], a[T.ramp(1, 1, 16)], a[T.ramp(2, 1, 16)], a[T.ramp(3, 1, 16)]],
+            [k * 16 + x for x in range(16) for k in range(4)])
+
+
+TensorIntrin.register(UNFOLD, _unfold_desc, _unfold_impl, override=True)
 
 
 INTRIN_DENSE = "tvmq_vnni_u8bcast_s8vec_16x4"

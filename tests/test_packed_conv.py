@@ -39,6 +39,8 @@ CASES = [
     (48, 16, 28, 1, 1, 0, 1),      # fewer outputs than inputs, 28x28: position blocks outer
     (160, 24, 32, 1, 1, 0, 1),     # the same with a long reduction (two-vector "local" tile)
     (24, 24, 17, 3, 1, 1, 24),     # depthwise
+    (24, 24, 14, 5, 1, 2, 24),     # depthwise 5x5 (int8: two groups of 4 kernel columns)
+    (16, 16, 7, 5, (2, 1), 2, 16),  # depthwise, rows strided only (int8: unfolded rows)
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
     (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short
 ]
@@ -50,7 +52,7 @@ def conv_model(int8: bool, c, o, size, k, stride, pad, groups, residual: bool = 
     activation=False stops after the bias (and the shift)."""
     bb = relax.BlockBuilder()
     dt, wt, acc = ("uint8", "int8", "int32") if int8 else ("float32",) * 3
-    out_size = (size + 2 * pad - k) // stride + 1
+    out_size = (size + 2 * pad - k) // (stride if isinstance(stride, int) else stride[0]) + 1
     x = relax.Var("x", relax.TensorType((1, c, size, size), dt))
     w = relax.Var("w", relax.TensorType((o, c // groups, k, k), wt))
     b = relax.Var("b", relax.TensorType((1, o, 1, 1), acc))
