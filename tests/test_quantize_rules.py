@@ -182,9 +182,10 @@ def build_with_realizer(cfg: QConfig, in_shape, in_dtype: str, body):
         with r.bb.dataflow():
             out = r.bb.emit_output(relax.Tuple(body(r, inp)))
         r.bb.emit_func_output(out)
-    f = r.bb.get()[ENTRY]
-    func = relax.Function([inp] + [v for v, _ in r.new_params], f.body, f.ret_ty, True)
-    mod = relax.transform.Normalize()(tvm.IRModule({ENTRY: func}))
+    mod = r.bb.get()  # main and the PrimFuncs it calls (round_half_even)
+    f = mod[ENTRY]
+    mod[ENTRY] = relax.Function([inp] + [v for v, _ in r.new_params], f.body, f.ret_ty, True)
+    mod = relax.transform.Normalize()(mod)
     vm = compile_vm(mod)
     consts = [tvm.runtime.tensor(v) for _, v in r.new_params]
 
@@ -238,7 +239,7 @@ REQUANT_CASES = {
 def test_realizer_requantize_is_bit_exact(case, rounding):
     """Realizer.requantize compiled by TVM == arithmetic.requantize on random int32 accumulators."""
     mode, m, form = REQUANT_CASES[case]
-    cfg = QConfig(calibrate_mode=mode, rounding=rounding,
+    cfg = QConfig(calibrate_mode=mode, rounding=rounding, requantize="fixed_point",
                   weight_scale="power2" if mode == "global_scale" else "max")
     qp = A.QParams(0.05, 128, 0, 255)
     qlo, qhi = 3, 250  # an activation clamp inside [qmin, qmax]
@@ -270,8 +271,10 @@ def test_realizer_requantize_is_bit_exact(case, rounding):
 
 # ===== 4. whole layers, bit for bit ==========================================================
 LAYER_CONFIGS = {
-    "max-upward": dict(),  # the defaults, bias correction included
-    "max-tonearest-nobiascorr": dict(rounding="tonearest", bias_correction=False),
+    "max-float32": dict(),  # the defaults: float32 requantize, bias correction included
+    "max-fixed_point-upward": dict(requantize="fixed_point"),
+    "max-tonearest-nobiascorr": dict(requantize="fixed_point", rounding="tonearest",
+                                     bias_correction=False),
     # per-tensor power-of-two scales: requantize by pure shifts (Relay's historical form); exact
     # ties are common here, so this is where 'upward' and 'tonearest' really differ
     "global_scale-shift-upward": dict(calibrate_mode="global_scale", weight_scale="power2",
@@ -375,6 +378,10 @@ class Reference:
     def __init__(self, mod, qmod, weights, cfg, qparams, records, stats):
         self.cfg, self.weights, self.qparams = cfg, weights, qparams
         self.multiplies = scalar_operands(qmod, "relax.multiply")  # constant multipliers
+        self.float_multiplies = {float(a.value.numpy()) for b in bindings(qmod)
+                                 if op_name(b.value) == "relax.multiply" for a in b.value.args
+                                 if isinstance(a, tvm.ir.GenericConst) and a.ty.ndim == 0
+                                 and str(a.ty.dtype) == "float32"}
         self.shifts = scalar_operands(qmod, "relax.right_shift") | scalar_operands(qmod, "relax.left_shift")
         self.means = {v: s.channel_mean for v, s in zip(activation_vars(mod), stats[0])}
         self.negative_ties = 0  # v / 2^shift = -k.5: the only values the rounding modes differ on
@@ -411,6 +418,19 @@ class Reference:
     def input_grid(self) -> A.QParams:
         first = self.records[self.units[0].name]
         return self.grid(first.in_scale, first.in_zero_point)
+
+    def float_multiplier(self, rec) -> np.ndarray:
+        """`requantize: float32`: the float32 multipliers per channel as the module uses them."""
+        if f"{rec.name}_m" in self.qparams:
+            m32 = self.qparams[f"{rec.name}_m"].reshape(-1)
+            assert m32.dtype == np.float32
+        else:  # one multiplier for all channels: a constant in the script
+            assert rec.extra["multiplier_min"] == rec.extra["multiplier_max"]
+            assert rec.extra["multiplier_min"] in self.float_multiplies, f"{rec.name}: m not in graph"
+            m32 = np.array([rec.extra["multiplier_min"]], np.float32)
+        assert (float(m32.min()), float(m32.max())) == (rec.extra["multiplier_min"],
+                                                        rec.extra["multiplier_max"])
+        return m32
 
     def multiplier(self, rec) -> tuple[np.ndarray | None, int]:
         """(per-channel m0 or None for the shift-only form, shift) as the module uses them."""
@@ -478,6 +498,13 @@ class Reference:
             acc = acc + self.qparams[f"{u.name}_bq"].astype(np.int64).reshape(chan)
         assert np.abs(acc).max() < 2 ** 31, "the int32 accumulator must not overflow"
         lo, hi = u.activation if u.activation is not None else (None, None)
+        if rec.out_dtype == "uint8" and rec.extra["requantize"] == "float32":
+            qp = self.grid(rec.out_scale, rec.out_zero_point)
+            m32 = self.float_multiplier(rec)
+            self.check_params(u, rec, qp_in, m32.astype(np.float64))
+            qlo, qhi = qp.clamp_range(lo, hi)
+            return A.requantize_float(acc.astype(np.int32), m32.reshape(chan), qp.zero_point, qlo,
+                                      qhi), qp
         if rec.out_dtype == "uint8":
             qp = self.grid(rec.out_scale, rec.out_zero_point)
             m0, shift = self.multiplier(rec)
@@ -494,10 +521,19 @@ class Reference:
         return f, None
 
     def add(self, name, a, pa, c, pc):
-        """Residual add: sum of (q - zp) * round(s_in / s_out * 2^24), shifted by 24, + zp."""
+        """Residual add: sum of (q - zp) * round(s_in / s_out * 2^24), shifted by 24, + zp (or
+        its float32 form, arithmetic.add_float)."""
         rec = self.records[name]
         py = self.grid(rec.out_scale, rec.out_zero_point)
         assert (rec.in_scale, rec.in_zero_point) == (pa.scale, pa.zero_point)
+        if rec.extra["requantize"] == "float32":
+            multipliers = [A.add_multiplier(p.scale / py.scale) for p in (pa, pc)]
+            assert {float(m) for m in multipliers} <= self.float_multiplies, name
+            assert all(abs(m / (p.scale / py.scale) - 1) < 2.0 ** -15
+                       for m, p in zip(multipliers, (pa, pc)))
+            return A.add_float([(a, pa.zero_point, multipliers[0]),
+                                (c, pc.zero_point, multipliers[1])],
+                               py.zero_point, py.qmin, py.qmax), py
         multipliers = [int(np.round(p.scale / py.scale * 2 ** ADD_SHIFT)) for p in (pa, pc)]
         assert set(multipliers) <= self.multiplies and ADD_SHIFT in self.shifts, \
             f"{name}: the graph does not rescale by round(s_in / s_out * 2^{ADD_SHIFT})"
@@ -512,6 +548,10 @@ class Reference:
         s = q.astype(np.int64).sum(axis=(2, 3)) - qp.zero_point * count
         assert np.abs(s).max() < 2 ** 31
         py = self.grid(rec.out_scale, rec.out_zero_point)
+        if rec.extra["requantize"] == "float32":
+            m32 = self.float_multiplier(rec)
+            assert m32[0] == np.float32(qp.scale / (count * py.scale))
+            return A.requantize_float(s.astype(np.int32), m32, py.zero_point, py.qmin, py.qmax), py
         m0, shift = self.multiplier(rec)
         real = 2.0 ** -shift if m0 is None else float(m0[0]) * 2.0 ** -shift
         assert abs(real / (qp.scale / (count * py.scale)) - 1) < 2.0 ** -30
@@ -768,3 +808,45 @@ def test_float_stem_is_quantized_before_pass_through_ops_that_feed_int8_layers()
     qmod, _, _, _ = quantize_with_report(mod, weights, x[:, :6, :6], QConfig())
     assert all(str(b.var.ty.dtype) != "uint8" for b in bindings(qmod)
                if isinstance(b.var.ty, relax.TensorType))
+
+
+@pytest.mark.parametrize("case", ["per_channel", "per_tensor_const", "power2_fixed_point"])
+def test_realizer_float32_requantize_is_bit_exact(case):
+    """`requantize: float32` compiled by TVM == arithmetic.requantize_float, halves included."""
+    _, m, _ = REQUANT_CASES[case]
+    qp = A.QParams(0.05, 128, 0, 255)
+    qlo, qhi = 3, 250
+    acc = _accumulators(m, qp.zero_point, np.random.default_rng(5))
+    record = LayerRecord("t", "test", "int32", "uint8")
+    run, r, mod = build_with_realizer(
+        QConfig(), acc.shape, "int32",
+        lambda r, x: [r.requantize(x, m, qp, qlo, qhi, (1, m.size), "t", record)])
+    got = run(acc)[0]
+    assert record.extra["requantize"] == "float32"
+    assert [v.name for v, _ in r.new_params] == (["t_m"] if len(set(m)) > 1 else [])
+    assert not any(str(getattr(b.var.ty, "dtype", "")) == "int64" for b in bindings(mod))
+    want = A.requantize_float(acc, A.float_multipliers(m).reshape(1, -1), qp.zero_point, qlo, qhi)
+    np.testing.assert_array_equal(got, want)
+    inside = (want > qlo) & (want < qhi)
+    assert inside.mean() > 0.5, "most values must be decided by rounding, not by the clamp"
+
+
+def test_float_requantize_by_hand():
+    """Halves go to the even neighbour; the clamp and the zero point apply after rounding."""
+    acc = np.array([1, 3, 5, -1, -3, -5, 7, 400, -1000, 2 ** 31 - 1], np.int32)  # x 0.5: halves
+    got = A.requantize_float(acc, np.float32(0.5), 128, 0, 255)
+    np.testing.assert_array_equal(got, [128, 130, 130, 128, 126, 126, 132, 255, 0, 255])
+    with pytest.raises(ValueError, match="out of float32 range"):
+        A.float_multipliers(np.array([1e-50]))
+
+
+def test_add_multipliers_make_exact_float32_products():
+    """(q - zp) * add_multiplier(m) is exact in float32 for every uint8 q and zero point: the
+    float64 product equals the float32 one, so an FMA cannot round it differently."""
+    rng = np.random.default_rng(8)
+    v = np.arange(-255, 256, dtype=np.float64)
+    for m in np.concatenate([10.0 ** rng.uniform(-3, 3, 200), [1.0, 0.5, 1 / 3]]):
+        m32 = A.add_multiplier(m)
+        assert abs(m32 / m - 1) <= 2.0 ** -15
+        np.testing.assert_array_equal((v * np.float64(m32)).astype(np.float32).astype(np.float64),
+                                      v * np.float64(m32))

@@ -104,6 +104,49 @@ def layer_multipliers(m: np.ndarray) -> tuple[np.ndarray, int]:
     return np.minimum(m0, (1 << Q31) - 1).astype(np.int32), int(shift[0])
 
 
+def float_multipliers(m: np.ndarray) -> np.ndarray:
+    """Per-channel float32 requantize multipliers (positive and finite after the cast)."""
+    m32 = np.asarray(m, np.float64).astype(np.float32)
+    if not np.all(np.isfinite(m32) & (m32 > 0)):  # written so that NaN is rejected too
+        raise ValueError(f"requantize multiplier out of float32 range: {m.min()}..{m.max()}")
+    return m32
+
+
+def requantize_float(acc: np.ndarray, m32: np.ndarray, zero_point: int, qlo: int,
+                     qhi: int) -> np.ndarray:
+    """int32 accumulator -> uint8 the way `requantize: float32` does it, every step in float32:
+    rint(float32(acc) * m32) + zero_point (halves to even, the IEEE default), clamped.
+
+    One multiply, then rounding, then an add of an integer: no step can be fused into an FMA
+    (which would round differently), so the compiled epilogue matches this bit for bit.
+    """
+    product = acc.astype(np.float32) * np.asarray(m32, np.float32)
+    out = np.rint(product) + np.float32(zero_point)
+    return np.clip(out, qlo, qhi).astype(np.uint8)
+
+
+ADD_MANTISSA_BITS = 15  # float32 residual-add multipliers: see add_multiplier
+
+
+def add_multiplier(m: float) -> np.float32:
+    """A residual add's rescale s_in / s_out as float32 with 15 significant bits: times an
+    uint8 minus its zero point (|v| <= 255, 8 bits) the product has <= 23 bits, exact in float32,
+    so an FMA the compiler may form from multiply + add rounds exactly like the two steps."""
+    mantissa, exponent = np.frexp(np.float64(m))
+    bits = ADD_MANTISSA_BITS
+    return np.float32(np.ldexp(np.round(mantissa * 2 ** bits), int(exponent) - bits))
+
+
+def add_float(terms, zero_point: int, qlo: int, qhi: int) -> np.ndarray:
+    """Residual add with `requantize: float32`: rint(sum of (q - zp) * add_multiplier) + zp,
+    clamped; `terms` = [(uint8 q, its zero point, float32 multiplier), ...]."""
+    total = None
+    for q, zp, m in terms:
+        product = (q.astype(np.float32) - np.float32(zp)) * np.float32(m)
+        total = product if total is None else total + product
+    return np.clip(np.rint(total) + np.float32(zero_point), qlo, qhi).astype(np.uint8)
+
+
 def is_power_of_two(m: np.ndarray) -> bool:
     mantissa, _ = np.frexp(np.asarray(m, np.float64))
     return bool(np.all(mantissa == 0.5))

@@ -10,6 +10,7 @@ from ..errors import TvmqError
 CALIBRATE_MODES = ("global_scale", "max", "percentile", "kl_divergence", "mse")
 WEIGHT_SCALES = ("max", "power2")
 ROUNDINGS = ("upward", "tonearest")
+REQUANTIZES = ("float32", "fixed_point")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,13 @@ class QConfig:
     per_channel: one weight scale per output channel (else one per tensor).
     skip_conv_layers: indices of conv2d layers (in program order) kept in float32.
     skip_dense_layer: keep the final dense/matmul layers in float32.
-    rounding: upward (add half, then shift) | tonearest (half away from zero).
+    requantize: how an int32 accumulator becomes the next uint8 activation. float32: times a
+        float32 multiplier per channel, rounded half to even (ONNX Runtime and oneDNN
+        requantize with float scales too; on CPUs without a 64-bit vector multiply it is the
+        cheaper epilogue) | fixed_point: int32 multiplier and shift in int64 (TFLite, Relay),
+        rounded per `rounding`. global_scale's power-of-two multipliers are pure shifts either way.
+    rounding: of the integer shifts (fixed_point requantize, global_scale, residual adds):
+        upward (add half, then shift) | tonearest (half away from zero).
     bias_correction: subtract the mean output error that weight rounding causes (from the
         calibration inputs' per-channel means) from each layer's bias.
     accuracy_budget: max drop of top-1 agreement with fp32 on the calibration set (e.g. 0.01);
@@ -40,6 +47,7 @@ class QConfig:
     per_channel: bool = True
     skip_conv_layers: tuple[int, ...] = (0,)
     skip_dense_layer: bool = False
+    requantize: str = "float32"
     rounding: str = "upward"
     bias_correction: bool = True
     accuracy_budget: float | None = None
@@ -53,6 +61,8 @@ class QConfig:
             bad("calibrate_mode", self.calibrate_mode, " | ".join(CALIBRATE_MODES))
         if self.weight_scale not in WEIGHT_SCALES:
             bad("weight_scale", self.weight_scale, " | ".join(WEIGHT_SCALES))
+        if self.requantize not in REQUANTIZES:
+            bad("requantize", self.requantize, " | ".join(REQUANTIZES))
         if self.rounding not in ROUNDINGS:
             bad("rounding", self.rounding, " | ".join(ROUNDINGS))
         for name in ("nbit_input", "nbit_weight"):

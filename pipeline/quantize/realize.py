@@ -18,9 +18,18 @@ from tvm import relax
 
 from ..errors import TvmqError
 from ..relax_io import ENTRY, num_inputs
-from .arithmetic import (QParams, activation_qparams, is_power_of_two, layer_multipliers,
-                         quantize_weight, weight_scales)
+from .arithmetic import (QParams, activation_qparams, add_multiplier, float_multipliers,
+                         is_power_of_two, layer_multipliers, quantize_weight, weight_scales)
 from .config import QConfig
+
+
+def round_half_even_te(x):
+    """Elementwise `tir.round`, which LLVM code rounds half to even (`llvm.nearbyint`). Relax's
+    own `round` legalizes to `tir.nearbyint`, which TVM's vectorizer leaves as scalar gathers
+    (~10x slower in a requantize epilogue)."""
+    from tvm import te, tirx
+
+    return te.compute(x.shape, lambda *i: tirx.round(x(*i)), name="round_half_even")
 from .units import Unit, find_units, op_name, prim_float
 
 RULES = {}
@@ -187,9 +196,12 @@ class Realizer:
         shift when every multiplier is a power of two in global_scale mode (as Relay did).
         """
         multiplier = np.asarray(multiplier, np.float64).reshape(-1)
+        shift_only = (self.cfg.calibrate_mode == "global_scale" and is_power_of_two(multiplier)
+                      and np.all(multiplier == multiplier[0]))
+        if self.cfg.requantize == "float32" and not shift_only:
+            return self.requantize_float(acc, multiplier, qp, qlo, qhi, chan_shape, name, record)
         v = self.emit(relax.op.astype(acc, "int64"))
-        if (self.cfg.calibrate_mode == "global_scale" and is_power_of_two(multiplier)
-                and np.all(multiplier == multiplier[0])):
+        if shift_only:
             shift = int(-np.log2(multiplier[0]))
             record.extra["requantize"] = "shift"
         else:
@@ -206,6 +218,25 @@ class Realizer:
         if qp.zero_point:
             v = self.emit(relax.op.add(v, relax.const(qp.zero_point, "int64")))
         v = self.emit(relax.op.clip(v, qlo, qhi))
+        return self.emit(relax.op.astype(v, "uint8"))
+
+    def requantize_float(self, acc, multiplier: np.ndarray, qp: QParams, qlo: int, qhi: int,
+                         chan_shape, name: str, record: LayerRecord):
+        """`requantize: float32`, exactly `arithmetic.requantize_float`: float32(acc) times the
+        float32 multiplier (one per channel, or a constant), rounded half to even."""
+        m32 = float_multipliers(multiplier)
+        if np.all(m32 == m32[0]):
+            m = relax.const(float(m32[0]), "float32")
+        else:
+            m = self.param(f"{name}_m", m32.reshape(chan_shape))
+        v = self.emit(relax.op.multiply(relax.op.astype(acc, "float32"), m))
+        v = self.bb.emit_te(round_half_even_te, v, primfunc_name_hint="round_half_even")
+        if qp.zero_point:
+            v = self.emit(relax.op.add(v, relax.const(float(qp.zero_point), "float32")))
+        v = self.emit(relax.op.clip(v, qlo, qhi))
+        record.extra["requantize"] = "float32"
+        record.extra["multiplier_min"], record.extra["multiplier_max"] = (
+            float(m32.min()), float(m32.max()))
         return self.emit(relax.op.astype(v, "uint8"))
 
     # ----- the walk -----------------------------------------------------------------------
@@ -235,10 +266,13 @@ class Realizer:
                     result = relax.Tuple([result] + [self.float_of(v) for _, v in self.probe_vars])
                 out = self.bb.emit_output(result)
             self.bb.emit_func_output(out)
-        body_func = self.bb.get()[ENTRY]
+        built = self.bb.get()
+        body_func = built[ENTRY]
         params = inputs + [v for v, _ in self.new_params]
         func = relax.Function(params, body_func.body, body_func.ret_ty, True, self.func.attrs)
-        qmod = relax.transform.Normalize()(tvm.IRModule({ENTRY: func}))
+        qmod = built.clone() if hasattr(built, "clone") else tvm.IRModule(dict(built.functions_items()))
+        qmod[ENTRY] = func  # with the PrimFuncs the epilogues call (round_half_even)
+        qmod = relax.transform.Normalize()(qmod)
         return qmod, {v.name: a for v, a in self.new_params}, self.records
 
 
@@ -374,7 +408,8 @@ def realize_pad(r: Realizer, b) -> bool:
 
 @rule("relax.add")
 def realize_add(r: Realizer, b) -> bool:
-    """Residual add: both operands rescaled to the output grid in int64, then rounded."""
+    """Residual add: both operands rescaled to the output grid (float32 with exact products, or
+    int64 fixed point, per `requantize`), summed, then rounded."""
     a, c = b.value.args
     if not all(isinstance(v, relax.Var) and v not in r.weight_vars for v in (a, c)):
         return False
@@ -386,14 +421,30 @@ def realize_add(r: Realizer, b) -> bool:
                          in_scale=pa.scale, in_zero_point=pa.zero_point, out_scale=py.scale,
                          out_zero_point=py.zero_point)
     r.records.append(record)
-    terms = []
-    for q, p in ((qa, pa), (qc, pc)):
-        m = int(np.round(p.scale / py.scale * 2 ** ADD_SHIFT))
-        centred = relax.op.subtract(relax.op.astype(q, "int64"), relax.const(p.zero_point, "int64"))
-        terms.append(r.emit(relax.op.multiply(centred, relax.const(m, "int64"))))
-    v = r.emit(relax.op.add(*terms))
-    v = r.shift_round(v, ADD_SHIFT)
-    v = r.emit(relax.op.clip(relax.op.add(v, relax.const(py.zero_point, "int64")), py.qmin, py.qmax))
+    if r.cfg.requantize == "float32":  # exactly arithmetic.add_float
+        terms = []
+        for q, p in ((qa, pa), (qc, pc)):
+            centred = relax.op.subtract(relax.op.astype(q, "float32"),
+                                        relax.const(float(p.zero_point), "float32"))
+            m = float(add_multiplier(p.scale / py.scale))
+            terms.append(r.emit(relax.op.multiply(centred, relax.const(m, "float32"))))
+        v = r.emit(relax.op.add(*terms))
+        v = r.bb.emit_te(round_half_even_te, v, primfunc_name_hint="round_half_even")
+        v = r.emit(relax.op.clip(relax.op.add(v, relax.const(float(py.zero_point), "float32")),
+                                 py.qmin, py.qmax))
+        record.extra["requantize"] = "float32"
+    else:
+        terms = []
+        for q, p in ((qa, pa), (qc, pc)):
+            m = int(np.round(p.scale / py.scale * 2 ** ADD_SHIFT))
+            centred = relax.op.subtract(relax.op.astype(q, "int64"),
+                                        relax.const(p.zero_point, "int64"))
+            terms.append(r.emit(relax.op.multiply(centred, relax.const(m, "int64"))))
+        v = r.emit(relax.op.add(*terms))
+        v = r.shift_round(v, ADD_SHIFT)
+        v = r.emit(relax.op.clip(relax.op.add(v, relax.const(py.zero_point, "int64")),
+                                 py.qmin, py.qmax))
+        record.extra["requantize"] = "fixed_point"
     r.quants[b.var] = (r.emit(relax.op.astype(v, "uint8")), py)
     record.range_lo, record.range_hi = (float(x) for x in r.ranges[b.var])
     r.probe_vars += [(f"{record.name}:input", a), (f"{record.name}:input2", c), (record.name, b.var)]
