@@ -3,10 +3,10 @@
 Per-op rules live in `RULES` (keyed by Relax op name, as ONNX Runtime's quantizer keys its
 registry by op type). Layers (`units.Unit`: conv2d/matmul + bias + ReLU/ReLU6) become
 `conv2d|matmul(uint8, int8, out_dtype="int32")` + int32 bias (zero-point compensation folded
-in) + a fixed-point requantize epilogue with the activation as an integer clamp. Residual adds
-rescale both operands in integer arithmetic, max pool runs on uint8, global average pool is an
-int32 sum then requantize. Ops without a rule run in float32 between dequantize/quantize.
-The integer arithmetic is exactly `arithmetic.py` (tested bit for bit).
+in) + a requantize epilogue (float32 multiplier, or int64 fixed point: `QConfig.requantize`)
+with the activation as a clamp. Residual adds rescale both operands, max pool runs on uint8,
+global average pool is an int32 sum then requantize. Ops without a rule run in float32 between
+dequantize/quantize. The arithmetic is exactly `arithmetic.py`'s (tested bit for bit).
 """
 from __future__ import annotations
 
@@ -21,16 +21,17 @@ from ..relax_io import ENTRY, num_inputs
 from .arithmetic import (QParams, activation_qparams, add_multiplier, float_multipliers,
                          is_power_of_two, layer_multipliers, quantize_weight, weight_scales)
 from .config import QConfig
+from .units import Unit, find_units, op_name, prim_float
 
 
 def round_half_even_te(x):
     """Elementwise `tir.round`, which LLVM code rounds half to even (`llvm.nearbyint`). Relax's
-    own `round` legalizes to `tir.nearbyint`, which TVM's vectorizer leaves as scalar gathers
-    (~10x slower in a requantize epilogue)."""
+    own `round` legalizes to `tir.nearbyint`, which TVM's vectorizer can leave as scalar
+    gathers (~10x slower in a plain loop)."""
     from tvm import te, tirx
 
     return te.compute(x.shape, lambda *i: tirx.round(x(*i)), name="round_half_even")
-from .units import Unit, find_units, op_name, prim_float
+
 
 RULES = {}
 ADD_SHIFT = 24  # fractional bits of the residual-add rescale multipliers
@@ -270,8 +271,8 @@ class Realizer:
         body_func = built[ENTRY]
         params = inputs + [v for v, _ in self.new_params]
         func = relax.Function(params, body_func.body, body_func.ret_ty, True, self.func.attrs)
-        qmod = built.clone() if hasattr(built, "clone") else tvm.IRModule(dict(built.functions_items()))
-        qmod[ENTRY] = func  # with the PrimFuncs the epilogues call (round_half_even)
+        qmod = tvm.IRModule(dict(built.functions_items()))  # main + PrimFuncs (round_half_even)
+        qmod[ENTRY] = func
         qmod = relax.transform.Normalize()(qmod)
         return qmod, {v.name: a for v, a in self.new_params}, self.records
 
