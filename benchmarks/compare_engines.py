@@ -32,11 +32,13 @@ import yaml  # noqa: E402
 from pipeline.errors import cli_main  # noqa: E402
 
 PHOTO = "skimage_chelsea"
-ENGINE_ORDER = ["tvmq fp32", "tvmq int8", "keras tf.function", "ort fp32", "ort int8"]
+ENGINE_ORDER = ["tvmq fp32", "tvmq int8", "tvmq int8 all", "keras tf.function", "ort fp32",
+                "ort int8"]
 MODELS = {"efficientnet_lite0": {}, "resnet50": {"weights": None}}  # overrides of conf/model/*.yaml
 RATIOS = [  # (label, faster candidate A, baseline B): ratio = median(B) / median(A), > 1: A faster
     ("int8 speedup vs fp32 (tvmq)", "tvmq int8", "tvmq fp32"),
     ("tvmq int8 vs ORT int8", "tvmq int8", "ort int8"),
+    ("tvmq int8 all vs ORT int8", "tvmq int8 all", "ort int8"),
     ("tvmq fp32 vs Keras tf.function", "tvmq fp32", "keras tf.function"),
     ("ORT int8 vs ORT fp32", "ort int8", "ort fp32"),
 ]
@@ -46,8 +48,9 @@ def conf(group: str, name: str) -> dict:
     return yaml.safe_load((ROOT / "conf" / group / f"{name}.yaml").read_text())
 
 
-def tvm_engines(keras_model, calibration: np.ndarray, tmp: Path) -> dict:
-    """tvmq fp32 and int8 builds for x86_avx512, loaded with pipeline.runner.Runner."""
+def tvm_engines(keras_model, calibration: np.ndarray, tmp: Path, all_layers: bool) -> dict:
+    """tvmq fp32 and int8 builds for x86_avx512, loaded with pipeline.runner.Runner; with
+    `all_layers` also int8 with the first conv quantized too (as ORT's int8 model has it)."""
     from pipeline.compile import export
     from pipeline.quantize import QConfig, quantize_with_report
     from pipeline.relax_import import keras_to_relax
@@ -58,12 +61,18 @@ def tvm_engines(keras_model, calibration: np.ndarray, tmp: Path) -> dict:
         mod, weights = keras_to_relax(keras_model)
     print(f"  quantizing with tvmq ({len(calibration)} calibration crops) ...", flush=True)
     qmod, qweights, _, _ = quantize_with_report(mod, weights, calibration, QConfig())
+    builds = {"fp32": (mod, weights), "int8": (qmod, qweights)}
+    if all_layers:
+        amod, aweights, _, _ = quantize_with_report(mod, weights, calibration,
+                                                    QConfig(skip_conv_layers=()))
+        builds["int8 all"] = (amod, aweights)
     runners = {}
-    for variant, (m, w) in {"fp32": (mod, weights), "int8": (qmod, qweights)}.items():
+    for variant, (m, w) in builds.items():
         print(f"  building tvmq {variant} for {target['name']} ...", flush=True)
-        (tmp / variant).mkdir()
-        export(tmp / variant, m, w, target, variant)
-        runners[f"tvmq {variant}"] = Runner(tmp / variant).run
+        folder = tmp / variant.replace(" ", "_")
+        folder.mkdir()
+        export(folder, m, w, target, variant.split()[0])
+        runners[f"tvmq {variant}"] = Runner(folder).run
     return runners
 
 
@@ -155,7 +164,7 @@ def bench_model(name: str, args, have_ort: bool) -> dict:
     engines = {"keras tf.function": lambda _x: fn(tx).numpy()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        engines.update(tvm_engines(keras_model, calibration, tmp))
+        engines.update(tvm_engines(keras_model, calibration, tmp, args.int8_all_layers))
         if have_ort:
             engines.update(ort_engines(keras_model, calibration, tmp, args.threads))
         engines = {n: engines[n] for n in ENGINE_ORDER if n in engines}
@@ -224,6 +233,9 @@ def main() -> None:
                         help="run calls back to back, without waiting for the previous "
                              "engine's spinning threads to park (they then slow the next one)")
     parser.add_argument("--calibration", type=int, default=64, help="calibration crops (<= 200)")
+    parser.add_argument("--int8-all-layers", action="store_true",
+                        help="also time tvmq int8 with the first conv in int8 too "
+                             "(quantize.skip_conv_layers=[]), as ORT's int8 model has it")
     parser.add_argument("--json", type=Path, help="save settings and numbers here")
     args = parser.parse_args()
     if not 1 <= args.calibration <= 200:
