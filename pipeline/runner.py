@@ -9,6 +9,8 @@ import numpy as np
 
 from .errors import TvmqError
 
+BOUND_ENTRY = "tvmq_bound_entry"  # the entry with the input tensor and all weights bound
+
 
 def set_threads(threads: int) -> int:
     """Fix TVM's runtime thread count (0 = all cores) before any kernel runs.
@@ -62,17 +64,27 @@ class Runner:
         self.weights = [params[p["name"]] for p in self.manifest["params"]]
         self.input_spec = self.manifest["inputs"][0]
         self.entry = self.manifest["entry"]
+        # `run` copies each input into this tensor and calls the entry with every argument
+        # already bound: passing ~150 weight tensors per call cost ~0.1 ms (3 % of Lite0 int8).
+        self._input = tvm.runtime.empty(self.input_spec["shape"], self.input_spec["dtype"],
+                                        self.device)
+        self.vm.save_function(self.entry, BOUND_ENTRY, self._input, *self.weights)
+        self._bound = self.vm[BOUND_ENTRY]
+
+    def _checked(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=self.input_spec["dtype"])
+        if list(x.shape) != self.input_spec["shape"]:
+            raise TvmqError(f"input shape {list(x.shape)} != built shape {self.input_spec['shape']}")
+        return x
 
     def _args(self, x: np.ndarray) -> list:
         import tvm
 
-        x = np.ascontiguousarray(x, dtype=self.input_spec["dtype"])
-        if list(x.shape) != self.input_spec["shape"]:
-            raise TvmqError(f"input shape {list(x.shape)} != built shape {self.input_spec['shape']}")
-        return [tvm.runtime.tensor(x, self.device)] + self.weights
+        return [tvm.runtime.tensor(self._checked(x), self.device)] + self.weights
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.vm[self.entry](*self._args(x)).numpy()
+        self._input.copyfrom(self._checked(x))
+        return self._bound().numpy()
 
     def run_batch(self, xs: np.ndarray) -> np.ndarray:
         """Logits for each row of `xs` (the built model takes batch 1)."""
