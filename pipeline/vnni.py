@@ -67,6 +67,8 @@ TensorIntrin.register(INTRIN_STACK, *_vnni("global"), override=True)
 
 
 INTERLEAVE = "tvmq_interleave_4x16_u8"
+# Shuffle indices taking 4 vectors of 16 bytes to [16 x 4]: lane x gets byte x of each vector
+INTERLEAVE_4X16 = [k * 16 + x for x in range(16) for k in range(4)]
 
 
 @T.prim_func(s_tir=True)
@@ -94,7 +96,7 @@ def _interleave_impl(a_handle: T.handle, d_handle: T.handle) -> None:
         d[0, T.ramp(0, 1, 64)] = T.Shuffle(
             [a[0, T.ramp(0, 1, 16)], a[1, T.ramp(0, 1, 16)], a[2, T.ramp(0, 1, 16)],
              a[3, T.ramp(0, 1, 16)]],
-            [k * 16 + x for x in range(16) for k in range(4)])
+            INTERLEAVE_4X16)
 
 
 TensorIntrin.register(INTERLEAVE, _interleave_desc, _interleave_impl, override=True)
@@ -123,7 +125,7 @@ def _unfold_impl(a: T.Buffer((19,), "uint8", offset_factor=1),
         T.writes(d[0:16, 0:4])
         d[0, T.ramp(0, 1, 64)] = T.Shuffle(
             [a[T.ramp(0, 1, 16)], a[T.ramp(1, 1, 16)], a[T.ramp(2, 1, 16)], a[T.ramp(3, 1, 16)]],
-            [k * 16 + x for x in range(16) for k in range(4)])
+            INTERLEAVE_4X16)
 
 
 TensorIntrin.register(UNFOLD, _unfold_desc, _unfold_impl, override=True)

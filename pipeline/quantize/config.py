@@ -30,8 +30,8 @@ class QConfig:
         requantize with float scales too; on CPUs without a 64-bit vector multiply it is the
         cheaper epilogue) | fixed_point: int32 multiplier and shift in int64 (TFLite, Relay),
         rounded per `rounding`. global_scale's power-of-two multipliers are pure shifts either way.
-    rounding: of the integer shifts (fixed_point requantize, global_scale, residual adds):
-        upward (add half, then shift) | tonearest (half away from zero).
+    rounding: of the integer shifts (fixed_point requantize and residual adds, global_scale's
+        shifts): upward (add half, then shift) | tonearest (half away from zero).
     bias_correction: subtract the mean output error that weight rounding causes (from the
         calibration inputs' per-channel means) from each layer's bias.
     accuracy_budget: max drop of top-1 agreement with fp32 on the calibration set (e.g. 0.01);
