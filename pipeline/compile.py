@@ -98,14 +98,20 @@ def has_vnni(target: tvm.target.Target) -> bool:
         tvm.target.codegen.target_has_features("avx512vnni", target))
 
 
+def has_amx(target: tvm.target.Target) -> bool:
+    return target.kind.name == "llvm" and bool(
+        tvm.target.codegen.target_has_features("amx-int8", target))
+
+
 def specialize(mod: tvm.IRModule, weights: dict[str, np.ndarray], target: tvm.target.Target,
                schedules: str):
     """The module and weights a build runs: with default schedules on CPU, conv2d weights are
-    packed for `packed_conv` (uint8 x int8 convs only where the target has AVX512-VNNI)."""
+    packed for `packed_conv` (uint8 x int8 convs only where the target has AVX512-VNNI; the
+    larger ones on AMX tiles where it has AMX, see `packed_conv.amx_conv`)."""
     if schedules == "default" and target.kind.name == "llvm":
         from .packed_conv import pack_convolutions
 
-        return pack_convolutions(mod, weights, int8=has_vnni(target))
+        return pack_convolutions(mod, weights, int8=has_vnni(target), amx=has_amx(target))
     return mod, weights
 
 

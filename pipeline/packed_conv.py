@@ -16,6 +16,9 @@ stored in the built `model.params`):
   stride-1 rows the copy is a zero-padded input plus vector shuffles (`vnni.INTERLEAVE`).
 - 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows;
   depthwise convs keep their weight and copy padded rows split by column phase.
+- uint8 x int8 on targets with AMX (`amx_conv`: 1x1, and stride-1 KxK over >= 256 input
+  channels): weight `[O/16, I/64, KH, KW, 16, 64]`, the same flat input copy, multiplied on
+  AMX tiles (`packed_conv2d_amx`, `amx.tile_intrin`).
 - Dense layers (`matmul` with a [K, N] weight parameter, e.g. the classifier head): float32
   weight `[N/16, K, 16]`, one input broadcast against 16 output columns; uint8 x int8 weight
   `[N/16, K/4, 16, 4]`, 4 input bytes broadcast against 16 columns (`vnni.INTRIN_DENSE`).
@@ -49,9 +52,10 @@ UNFOLD_ATTR = "tvmq.unfold"  # the copy is one row's overlapping 4-column window
 VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int32 lane
 FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)
 FLAT_PADDED = 2  # FLAT_ATTR value when the flat map runs over the padded width (p = y * WP + x)
+AMX_ATTR = "tvmq.amx"  # AMX tiles (`amx.tile_intrin`); the value: row stride of KxK taps, or 0
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d",
-                "packed_dense_u8s8", "packed_dense_f32")
+                "packed_dense_u8s8", "packed_dense_f32", "packed_conv2d_amx")
 FLOAT = ("float32", "float32", "float32")
 U8S8 = ("uint8", "int8", "int32")
 
@@ -249,6 +253,116 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     return te.compute((n, ocb * ob, oh, ow), lambda nn, o, y, x: acc[nn, o, y, x], name=CROP_BLOCK)
 
 
+def pack_amx_weight(weight: np.ndarray) -> np.ndarray:
+    """int8 OIHW -> [O/16, I/64, KH, KW, 16, 64] (O zero-padded to 32, I to 64): per 16 output
+    channels, 64 input channels and tap, AMX's A tile (row = output channel)."""
+    from .amx import BLOCK_ROWS, DEPTH, ROWS
+
+    o, i, kh, kw = weight.shape
+    padded = np.zeros((_ceil(o, BLOCK_ROWS), _ceil(i, DEPTH), kh, kw), weight.dtype)
+    padded[:o, :i] = weight
+    blocks = padded.reshape(padded.shape[0] // ROWS, ROWS, padded.shape[1] // DEPTH, DEPTH,
+                            kh, kw)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
+
+
+def packed_conv2d_amx(data: te.Tensor, weight: te.Tensor, strides, padding, out_channels: int):
+    """uint8 x int8 -> int32 conv on AMX tiles, from `pack_amx_weight`'s weight: 1x1 convs
+    without padding (any stride) and KxK convs with stride 1.
+
+    The input copy is the VNNI kernels' flat one, `[I/4, positions, 4]`: 16 rows of it
+    (64 input channels) x 16 positions are AMX's B tile, the weight's 16 output channels x
+    64 input channels its A tile, so an accumulator tile (`[O/16, 16, positions]`) is 16
+    output channels x 16 neighbouring positions: the NCHW order the epilogue writes, no
+    transpose anywhere. KxK convs lay the zero-padded input flat over its padded width WP and
+    compute the output over that width too (position y * WP + x, columns x >= OW dropped), so
+    tap (ky, kx) reads the copy ky * WP + kx positions later. Positions are padded to 32 and
+    output channels to 32: each task fills 2 x 2 accumulator tiles.
+    """
+    from .amx import BLOCK_COLUMNS, DEPTH, ROWS
+
+    n, c, h, w = (int(d) for d in data.shape)
+    blocks, groups, kh, kw = (int(d) for d in weight.shape[:4])
+    sh, sw = strides
+    top, left, bottom, right = padding
+    oh = (h + top + bottom - kh) // sh + 1
+    ow = (w + left + right - kw) // sw + 1
+    channel_groups = groups * DEPTH // IC_GROUP
+    taps = kh * kw > 1
+    row_stride = w + left + right if taps else ow  # of the flat output
+    pp = _ceil(oh * row_stride, BLOCK_COLUMNS)
+    if taps:  # stride 1: the padded input flat, long enough for the last tap of the last block
+        length = _ceil(pp + (kh - 1) * row_stride + kw - 1, LANES)
+        padded = te.compute(
+            (n, 1, channel_groups * IC_GROUP, length),
+            lambda nn, _, ch, q: guarded_load(data, nn, ch, q // row_stride - top,
+                                              q % row_stride - left, branch=True),
+            name=PAD_BLOCK)
+    elif sh == sw == 1 and pp == oh * ow and c % IC_GROUP == 0:  # contiguous runs
+        length = pp
+        padded = te.compute(
+            (n, 1, channel_groups * IC_GROUP, pp),
+            lambda nn, _, ch, p: guarded_load(data, nn, ch, p // ow, p % ow, branch=True),
+            name=PAD_BLOCK)
+    else:
+        padded = None
+    if padded is not None:  # interleave 4 channels' runs with vector shuffles
+        packed = te.compute((n, channel_groups, length, IC_GROUP),
+                            lambda nn, cb, q, i: padded[nn, 0, cb * IC_GROUP + i, q],
+                            name=PACK_BLOCK, attrs={INTERLEAVE_ATTR: 1})
+    else:  # strided or ragged 1x1: gathered
+        packed = te.compute(
+            (n, channel_groups, pp, IC_GROUP),
+            lambda nn, cb, p, i: guarded_load(data, nn, cb * IC_GROUP + i, p // ow * sh,
+                                              p % ow * sw, p < oh * ow, branch=True),
+            name=PACK_BLOCK)
+    rows = DEPTH // IC_GROUP
+    rg, rr, rt = (te.reduce_axis((0, e), name) for e, name in (
+        (groups, "rg"), (rows, "rr"), (IC_GROUP, "rt")))
+    if taps:
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        acc = te.compute(
+            (n, blocks, ROWS, pp),
+            lambda nn, ob, oi, p: te.sum(
+                weight[ob, rg, ry, rx, oi, rr * IC_GROUP + rt].astype("int32")
+                * packed[nn, rg * rows + rr, p + ry * row_stride + rx, rt].astype("int32"),
+                axis=[rg, ry, rx, rr, rt]),
+            name=CONV_BLOCK, attrs={AMX_ATTR: row_stride})
+    else:
+        acc = te.compute(
+            (n, blocks, ROWS, pp),
+            lambda nn, ob, oi, p: te.sum(
+                weight[ob, rg, 0, 0, oi, rr * IC_GROUP + rt].astype("int32")
+                * packed[nn, rg * rows + rr, p, rt].astype("int32"),
+                axis=[rg, rr, rt]),
+            name=CONV_BLOCK, attrs={AMX_ATTR: 0})
+    return te.compute((n, out_channels, oh, ow),
+                      lambda nn, o, y, x: acc[nn, o // ROWS, o % ROWS, y * row_stride + x],
+                      name=CROP_BLOCK)
+
+
+AMX_MIN_CHANNELS = 64  # inputs and outputs must both exceed it; see amx_conv
+AMX_MIN_TAP_CHANNELS = 256  # KxK convs: at least this many inputs; see amx_conv
+
+
+def amx_conv(call) -> bool:
+    """A uint8 x int8 conv (groups 1) with more than 64 input and output channels, 1x1 without
+    padding or KxK with stride 1 over at least 256 input channels: what `packed_conv2d_amx`
+    computes. Measured on an AMX host against the VNNI kernels, 2 threads, three runs: 1x1
+    convs from 112 outputs and 128 inputs on 1.04-2.2x (a strided one to 80 outputs 0.75x); at
+    64 outputs or fewer (each input byte used 24-64 times) the input copy outweighs the faster
+    multiplies (0.75-1.0x), and one 64-channel step per tile costs more to set up than it
+    multiplies. 3x3 convs over 256 and 512 channels 1.6-2.7x, over 128 channels at 28x28
+    0.9-1.1x (a short reduction per tile set-up)."""
+    a = call.attrs
+    shape = call.args[1].ty.shape
+    pointwise = int(shape[2]) == int(shape[3]) == 1 and not any(int(p) for p in a.padding)
+    taps = all(int(d) == 1 for d in a.strides) and int(shape[1]) >= AMX_MIN_TAP_CHANNELS
+    return (_dtypes(call) == U8S8 and int(a.groups) == 1
+            and int(shape[0]) > AMX_MIN_CHANNELS and int(shape[1]) > AMX_MIN_CHANNELS
+            and (pointwise or taps))
+
+
 def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
     """int8 [C, 1, KH, KW] -> [C, KH, ceil(KW/4), 4]: kernel columns in groups of 4 (zero past
     KW), the broadcast operand of one `vpdpbusd` per group (`packed_depthwise2d_u8s8`)."""
@@ -386,9 +500,10 @@ def packable(call, weight_names: set[str]) -> bool:
 
 @relax.expr_functor.mutator
 class _ConvPacker(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: bool):
+    def __init__(self, mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: bool,
+                 amx: bool):
         super().__init__(mod)
-        self.weights, self.int8 = weights, int8
+        self.weights, self.int8, self.amx = weights, int8, amx
         self.packed: dict[str, tuple[relax.Var, np.ndarray]] = {}  # old name -> new param
         self.rewritten = 0
 
@@ -420,6 +535,11 @@ class _ConvPacker(relax.PyExprMutator):
         a = call.attrs
         strides, padding = [int(s) for s in a.strides], [int(p) for p in a.padding]
         old = call.args[1]
+        if self.amx and amx_conv(call):
+            var = self._packed(old, pack_amx_weight)
+            return self.builder_.call_te(packed_conv2d_amx, call.args[0], var, strides=strides,
+                                         padding=padding, out_channels=int(old.ty.shape[0]),
+                                         primfunc_name_hint=KERNEL_NAMES[5])
         if is_depthwise(call) and int8 and strides[1] == 1:
             kw = int(old.ty.shape[3])
             var = self._packed(old, pack_depthwise_weight)
@@ -435,12 +555,14 @@ class _ConvPacker(relax.PyExprMutator):
             primfunc_name_hint=KERNEL_NAMES[int8])
 
 
-def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: bool = True):
+def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: bool = True,
+                      amx: bool = False):
     """Return (module, weights) with every packable conv2d using a packed weight parameter.
 
-    int8=False leaves uint8 x int8 convs alone (their kernel needs AVX512-VNNI).
+    int8=False leaves uint8 x int8 convs alone (their kernel needs AVX512-VNNI); amx=True runs
+    uint8 x int8 1x1 convs on AMX tiles (`packed_conv2d_amx`).
     """
-    packer = _ConvPacker(mod, weights, int8)
+    packer = _ConvPacker(mod, weights, int8, int8 and amx)
     func = packer.visit_expr(mod[ENTRY])
     if not packer.rewritten:
         return mod, weights

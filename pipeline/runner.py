@@ -1,6 +1,8 @@
 """Load an exported build folder with plain TVM runtime APIs and run or time it."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 from .errors import TvmqError
 
 BOUND_ENTRY = "tvmq_bound_entry"  # the entry with the input tensor and all weights bound
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # Linux x86-64
 
 
 def set_threads(threads: int) -> int:
@@ -34,6 +37,18 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+@functools.cache
+def enable_amx() -> bool:
+    """Ask Linux to let this process use the AMX tile registers (`pipeline.amx` kernels): needed
+    once before the first tile instruction, which otherwise dies with SIGILL. False where the
+    kernel or CPU refuses."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def check_host_supports(target_cfg: dict) -> None:
     """Refuse to run code built for CPU features this machine lacks (it would crash: SIGILL)."""
     flags = cpu_flags()
@@ -42,6 +57,10 @@ def check_host_supports(target_cfg: dict) -> None:
         raise TvmqError(f"target '{target_cfg['name']}' needs CPU features {missing} that this "
                         "machine lacks; rerun with a generic target: "
                         "`dvc exp run -S target=llvm`.")
+    if "amx_tile" in (target_cfg.get("requires") or []) and not enable_amx():
+        raise TvmqError(f"target '{target_cfg['name']}' uses AMX tiles, but Linux refused this "
+                        "process their use (arch_prctl ARCH_REQ_XCOMP_PERM; needs kernel >= "
+                        "5.16); rerun with `dvc exp run -S target=x86_avx512`.")
 
 
 class Runner:
