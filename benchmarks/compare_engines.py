@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/compare_engines.py [--models efficientnet_lite0 resnet50]
         [--threads 2] [--rounds 100] [--warmup 10] [--calibration 64] [--no-settle]
-        [--json out.json]
+        [--target x86_avx512 | sapphirerapids (AMX) | llvm] [--json out.json]
 
 Batch 1, a fixed thread count for every engine, engines interleaved: each round runs every
 engine once (the starting engine rotates per round), so all engines see the same machine
@@ -48,15 +48,17 @@ def conf(group: str, name: str) -> dict:
     return yaml.safe_load((ROOT / "conf" / group / f"{name}.yaml").read_text())
 
 
-def tvm_engines(keras_model, calibration: np.ndarray, tmp: Path, all_layers: bool) -> dict:
-    """tvmq fp32 and int8 builds for x86_avx512, loaded with pipeline.runner.Runner; with
-    `all_layers` also int8 with the first conv quantized too (as ORT's int8 model has it)."""
+def tvm_engines(keras_model, calibration: np.ndarray, tmp: Path, all_layers: bool,
+                target_name: str) -> dict:
+    """tvmq fp32 and int8 builds for `conf/target/<target_name>.yaml`, loaded with
+    pipeline.runner.Runner; with `all_layers` also int8 with the first conv quantized too (as
+    ORT's int8 model has it)."""
     from pipeline.compile import export
     from pipeline.quantize import QConfig, quantize_with_report
     from pipeline.relax_import import keras_to_relax
     from pipeline.runner import Runner
 
-    target = conf("target", "x86_avx512")
+    target = conf("target", target_name)
     with contextlib.redirect_stdout(io.StringIO()):  # Keras's "Saved artifact at ..." listing
         mod, weights = keras_to_relax(keras_model)
     print(f"  quantizing with tvmq ({len(calibration)} calibration crops) ...", flush=True)
@@ -164,7 +166,8 @@ def bench_model(name: str, args, have_ort: bool) -> dict:
     engines = {"keras tf.function": lambda _x: fn(tx).numpy()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        engines.update(tvm_engines(keras_model, calibration, tmp, args.int8_all_layers))
+        engines.update(tvm_engines(keras_model, calibration, tmp, args.int8_all_layers,
+                                   args.target))
         if have_ort:
             engines.update(ort_engines(keras_model, calibration, tmp, args.threads))
         engines = {n: engines[n] for n in ENGINE_ORDER if n in engines}
@@ -236,10 +239,20 @@ def main() -> None:
     parser.add_argument("--int8-all-layers", action="store_true",
                         help="also time tvmq int8 with the first conv in int8 too "
                              "(quantize.skip_conv_layers=[]), as ORT's int8 model has it")
+    parser.add_argument("--target", default="x86_avx512",
+                        choices=sorted(p.stem for p in (ROOT / "conf" / "target").glob("*.yaml")),
+                        help="tvmq's build target (sapphirerapids: int8 convs on AMX tiles)")
     parser.add_argument("--json", type=Path, help="save settings and numbers here")
     args = parser.parse_args()
     if not 1 <= args.calibration <= 200:
         parser.error("--calibration must be 1..200 (the dataset's calibration crops)")
+    from pipeline.errors import TvmqError
+    from pipeline.runner import check_host_supports
+
+    try:  # before minutes of building: code for missing CPU features would die with SIGILL
+        check_host_supports(conf("target", args.target))
+    except TvmqError as err:
+        parser.error(f"{err} Here: --target x86_avx512 or llvm.")
 
     import tensorflow as tf  # thread pools are fixed before TF runs any op
 
