@@ -52,6 +52,7 @@ UNFOLD_ATTR = "tvmq.unfold"  # the copy is one row's overlapping 4-column window
 VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int32 lane
 FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)
 FLAT_PADDED = 2  # FLAT_ATTR value when the flat map runs over the padded width (p = y * WP + x)
+ROW_ATTR = "tvmq.row"  # a flat zero-padded copy over rows of this width (y * width + x)
 AMX_ATTR = "tvmq.amx"  # AMX tiles (`amx.tile_intrin`); the value: row stride of KxK taps, or 0
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d",
@@ -222,7 +223,8 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
         # runs into 64 bytes with vector shuffles.
         if flat:
             padded = te.compute((n, 1, icb * IC_GROUP, copy_shape[-1]),
-                                lambda nn, _, ch, p: window(nn, ch, 0, 0, p), name=PAD_BLOCK)
+                                lambda nn, _, ch, p: window(nn, ch, 0, 0, p), name=PAD_BLOCK,
+                                attrs={ROW_ATTR: wp} if padded_flat else {})
         else:
             padded = te.compute((n, copy_shape[0], icb * IC_GROUP, copy_shape[1]),
                                 lambda nn, yp, ch, xq: window(nn, ch, yp, xq), name=PAD_BLOCK)
@@ -297,7 +299,7 @@ def packed_conv2d_amx(data: te.Tensor, weight: te.Tensor, strides, padding, out_
             (n, 1, channel_groups * IC_GROUP, length),
             lambda nn, _, ch, q: guarded_load(data, nn, ch, q // row_stride - top,
                                               q % row_stride - left, branch=True),
-            name=PAD_BLOCK)
+            name=PAD_BLOCK, attrs={ROW_ATTR: row_stride})
     elif sh == sw == 1 and pp == oh * ow and c % IC_GROUP == 0:  # contiguous runs
         length = pp
         padded = te.compute(

@@ -202,8 +202,8 @@ def schedule_packed_conv(sch, blocks, names) -> None:
 
 
 def _schedule_interleaved_copy(sch, blocks, names, pack) -> None:
-    """One parallel task per 4 input channels and row (or flat map): it zero-pads them (a plain
-    column loop LLVM vectorizes with masked loads) and interleaves them while they are in
+    """One parallel task per 4 input channels and row (or flat map): it zero-pads them (plain
+    column loops LLVM vectorizes with masked loads) and interleaves them while they are in
     cache, 16 columns per shuffle (`vnni.INTERLEAVE`)."""
     from . import packed_conv as pc
     from .vnni import INTERLEAVE
@@ -212,8 +212,16 @@ def _schedule_interleaved_copy(sch, blocks, names, pack) -> None:
     tasks = sch.fuse(*outer_loops)
     sch.parallel(tasks)
     _, column_lanes = sch.split(columns_loop, [None, pc.LANES])
-    sch.compute_at(blocks[names.index(pc.PAD_BLOCK)], tasks)
+    pad = blocks[names.index(pc.PAD_BLOCK)]
+    sch.compute_at(pad, tasks)
     sch.tensorize(column_lanes, INTERLEAVE)
+    width = sch.get(pad).annotations.get(pc.ROW_ATTR)
+    if width is not None:
+        # A flat copy over padded rows: split its position loop by the row width, so the
+        # row and column of each position need no division and each row is a column loop
+        # LLVM vectorizes (int8 3x3 512 -> 512 at 7x7 1.07x on VNNI; AMX 3x3/5x5 convs
+        # 1.3-1.5x, ResNet50 int8 on an AMX host 1.30x -> 1.37x over VNNI)
+        sch.split(sch.get_loops(pad)[-1], [None, int(width)])
 
 
 def schedule_packed_conv_amx(sch, blocks, names, tiles: bool = True) -> None:
