@@ -16,9 +16,9 @@ stored in the built `model.params`):
   stride-1 rows the copy is a zero-padded input plus vector shuffles (`vnni.INTERLEAVE`).
 - 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows;
   depthwise convs keep their weight and copy padded rows split by column phase.
-- uint8 x int8 on targets with AMX (`amx_conv`: 1x1, and stride-1 KxK over >= 256 input
-  channels): weight `[O/16, I/64, KH, KW, 16, 64]`, the same flat input copy, multiplied on
-  AMX tiles (`packed_conv2d_amx`, `amx.tile_intrin`).
+- uint8 x int8 on targets with AMX (`amx_conv`: more than 64 input and output channels, 1x1
+  or stride-1 KxK): weight `[O/16, I/64, KH, KW, 16, 64]`, the same flat input copy,
+  multiplied on AMX tiles (`packed_conv2d_amx`, `amx.tile_intrin`).
 - Dense layers (`matmul` with a [K, N] weight parameter, e.g. the classifier head): float32
   weight `[N/16, K, 16]`, one input broadcast against 16 output columns; uint8 x int8 weight
   `[N/16, K/4, 16, 4]`, 4 input bytes broadcast against 16 columns (`vnni.INTRIN_DENSE`).
@@ -344,25 +344,22 @@ def packed_conv2d_amx(data: te.Tensor, weight: te.Tensor, strides, padding, out_
 
 
 AMX_MIN_CHANNELS = 64  # inputs and outputs must both exceed it; see amx_conv
-AMX_MIN_TAP_CHANNELS = 256  # KxK convs: at least this many inputs; see amx_conv
 
 
 def amx_conv(call) -> bool:
     """A uint8 x int8 conv (groups 1) with more than 64 input and output channels, 1x1 without
-    padding or KxK with stride 1 over at least 256 input channels: what `packed_conv2d_amx`
-    computes. Measured on an AMX host against the VNNI kernels, 2 threads, three runs: 1x1
-    convs from 112 outputs and 128 inputs on 1.04-2.2x (a strided one to 80 outputs 0.75x); at
-    64 outputs or fewer (each input byte used 24-64 times) the input copy outweighs the faster
-    multiplies (0.75-1.0x), and one 64-channel step per tile costs more to set up than it
-    multiplies. 3x3 convs over 256 and 512 channels 1.6-2.7x, over 128 channels at 28x28
-    0.9-1.1x (a short reduction per tile set-up)."""
+    padding or KxK with stride 1: what `packed_conv2d_amx` computes. Measured on an AMX host
+    against the VNNI kernels, 2 threads, one process per run: 1x1 convs from 112 outputs and
+    128 inputs on 1.04-2.2x over four runs (a strided one to 80 outputs 0.75x); 3x3 convs over
+    128 to 512 channels 1.6-3.2x. With 64 outputs or inputs or fewer (each input byte used
+    24-64 times, or one 64-channel step per tile) AMX measured 0.75-1.0x: such convs keep
+    VNNI."""
     a = call.attrs
     shape = call.args[1].ty.shape
     pointwise = int(shape[2]) == int(shape[3]) == 1 and not any(int(p) for p in a.padding)
-    taps = all(int(d) == 1 for d in a.strides) and int(shape[1]) >= AMX_MIN_TAP_CHANNELS
     return (_dtypes(call) == U8S8 and int(a.groups) == 1
             and int(shape[0]) > AMX_MIN_CHANNELS and int(shape[1]) > AMX_MIN_CHANNELS
-            and (pointwise or taps))
+            and (pointwise or all(int(d) == 1 for d in a.strides)))
 
 
 def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:

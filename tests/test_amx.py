@@ -36,6 +36,7 @@ AMX_CASES = [
     (200, 96, 7, 1, 1, 0, 1),      # 200 inputs padded to 256, separate epilogue (7x7)
     (160, 80, 14, 1, 2, 0, 1),     # strided (gathered copy), 80 outputs padded to 96
     (256, 96, 7, 3, 1, 1, 1),      # 3x3: flat over the padded width, taps = shifted B tiles
+    (96, 80, 12, 3, 1, 1, 1),      # 3x3 over 96 inputs (padded to 128) and 80 outputs
     (288, 72, 9, 5, 1, 2, 1),      # 5x5, 288 inputs padded to 320, 72 outputs to 96
     (256, 80, 10, 3, 1, 0, 1),     # 3x3 without padding
 ]
@@ -78,9 +79,9 @@ def test_sapphire_rapids_build_multiplies_on_tiles(case):
 
 
 def test_small_and_strided_convs_keep_vnni_on_amx_targets():
-    """64 or fewer inputs or outputs, KxK over fewer than 256 inputs (the tile set-up and input
-    copy cost more than AMX saves), strided KxK (no flat tap layout)."""
-    for case in [(64, 256, 56, 1, 1, 0, 1), (256, 64, 56, 1, 1, 0, 1), (128, 128, 14, 3, 1, 1, 1),
+    """64 or fewer inputs or outputs (the tile set-up and input copy cost more than AMX
+    saves), strided KxK (no flat tap layout)."""
+    for case in [(64, 256, 56, 1, 1, 0, 1), (256, 64, 56, 1, 1, 0, 1), (64, 128, 14, 3, 1, 1, 1),
                  (256, 256, 14, 3, 2, 1, 1)]:
         mod, _, weights = conv_model(True, *case)
         packed, _ = specialize(mod, weights, SPR, "default")
