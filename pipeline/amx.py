@@ -1,4 +1,4 @@
-"""Intel AMX tile multiplies for the uint8 x int8 1x1 convs of `packed_conv`.
+"""Intel AMX tile multiplies for the uint8 x int8 convs of `packed_conv`.
 
 One AMX `tdpbsud` multiplies a 16 x 64 int8 tile A by a 16 x (16 x 4) uint8 tile B into a
 16 x 16 int32 tile: 16 x 16 x 64 products, where AVX512-VNNI's `vpdpbusd` does 16 x 4. In
@@ -33,8 +33,6 @@ GROUP = 4  # input channels per 32-bit element of B
 # ldtilecfg's 64-byte block as 8 little-endian words: palette 1; tiles 0-7 have 16 rows of
 # 64 bytes (colsb: 16-bit words at bytes 16-31, rows: bytes 48-55)
 _PALETTE, _COLSB, _ROWS = 1, 0x0040_0040_0040_0040, 0x1010_1010_1010_1010
-
-
 BLOCK_ROWS, BLOCK_COLUMNS = 2 * ROWS, 2 * COLUMNS  # a task's 2 x 2 accumulator tiles
 
 
@@ -49,7 +47,7 @@ def tile_intrin(groups: int, taps: tuple[int, int] = (1, 1), row_stride: int = 0
     A `[2, groups, KH, KW, 16, 64]` int8 (row = output channel), B
     `[groups * 16, 32 + (KH - 1) * row_stride + KW - 1, 4]` uint8 (row = 4 input channels
     of the positions; tap (ky, kx) reads it from column ky * row_stride + kx on)."""
-    if groups < 2:
+    if groups < 2:  # one 64-channel group: TE drops the group loop the pattern matches
         raise ValueError(f"AMX tiles need >= 2 x 64 input channels, not {groups} x 64")
     kh, kw = taps
     rows, width = DEPTH // GROUP, BLOCK_COLUMNS

@@ -31,7 +31,7 @@ needs_amx = pytest.mark.skipif("amx_int8" not in cpu_flags(),
 
 # (in channels, out channels, size, kernel, stride, padding, groups): each routed to AMX
 AMX_CASES = [
-    (256, 128, 14, 1, 1, 0, 1),    # 14x14: 196 positions in 208 (ragged last block), fused epilogue
+    (256, 128, 14, 1, 1, 0, 1),    # 14x14: 196 positions in 224 (ragged last block), fused epilogue
     (128, 512, 28, 1, 1, 0, 1),    # interleaved input copy, 784 positions padded to 800
     (200, 96, 7, 1, 1, 0, 1),      # 200 inputs padded to 256, separate epilogue (7x7)
     (160, 80, 14, 1, 2, 0, 1),     # strided (gathered copy), 80 outputs padded to 96
