@@ -352,8 +352,8 @@ def amx_conv(call) -> bool:
     against the VNNI kernels, 2 threads, one process per run: 1x1 convs from 112 outputs and
     128 inputs on 1.04-2.2x over four runs (a strided one to 80 outputs 0.75x); 3x3 convs over
     128 to 512 channels 1.6-3.2x. With 64 outputs or inputs or fewer (each input byte used
-    24-64 times, or one 64-channel step per tile) AMX measured 0.75-1.0x: such convs keep
-    VNNI."""
+    24-64 times, or one 64-channel step per tile) an earlier version of these kernels measured
+    0.54-0.94x: such convs keep VNNI."""
     a = call.attrs
     shape = call.args[1].ty.shape
     pointwise = int(shape[2]) == int(shape[3]) == 1 and not any(int(p) for p in a.padding)
