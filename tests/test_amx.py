@@ -110,6 +110,20 @@ def test_runner_refuses_amx_builds_on_cpus_without_amx():
         check_host_supports(cfg)
 
 
+def test_runner_refuses_amx_builds_when_linux_refuses_the_tile_registers(monkeypatch):
+    """A CPU with AMX whose kernel denies the tiles (arch_prctl fails): a clear error, not the
+    SIGILL the first tile instruction would raise."""
+    import pipeline.runner as runner
+
+    cfg = {"name": "sapphirerapids", "requires": ["avx512f", "amx_tile", "amx_int8"]}
+    monkeypatch.setattr(runner, "cpu_flags", lambda: {"avx512f", "amx_tile", "amx_int8"})
+    monkeypatch.setattr(runner, "enable_amx", lambda: False)
+    with pytest.raises(TvmqError, match="Linux refused"):
+        check_host_supports(cfg)
+    monkeypatch.setattr(runner, "enable_amx", lambda: True)
+    check_host_supports(cfg)  # granted: nothing to refuse
+
+
 @needs_amx
 @pytest.mark.parametrize("case", AMX_CASES, ids=lambda c: "c{}o{}s{}k{}st{}".format(*c[:5]))
 def test_amx_tiles_match_generic_build(case):
