@@ -14,8 +14,10 @@ stored in the built `model.params`):
   4 input channels of 16 neighbouring outputs are one 64-byte vector and 4 weight bytes one
   broadcast, which is exactly what AVX512-VNNI's `vpdpbusd` multiplies and accumulates. For
   stride-1 rows the copy is a zero-padded input plus vector shuffles (`vnni.INTERLEAVE`).
-- 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows;
-  depthwise convs keep their weight and copy padded rows split by column phase.
+- 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows; uint8 1x1
+  stride-1 convs read their input as `[C, H*W]` (a reshape: no copy) and interleave it from
+  there (`packed_pointwise_u8s8`). Depthwise convs keep their weight and copy padded rows split
+  by column phase.
 - uint8 x int8 on targets with AMX (`amx_conv`: more than 64 input and output channels, 1x1
   or stride-1 KxK): weight `[O/16, I/64, KH, KW, 16, 64]`, the same flat input copy,
   multiplied on AMX tiles (`packed_conv2d_amx`, `amx.tile_intrin`).
@@ -53,6 +55,7 @@ VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int
 FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)
 FLAT_PADDED = 2  # FLAT_ATTR value when the flat map runs over the padded width (p = y * WP + x)
 ROW_ATTR = "tvmq.row"  # a flat zero-padded copy over rows of this width (y * width + x)
+RUN_ATTR = "tvmq.run"  # the copy interleaves the input's rows of this many positions in place
 AMX_ATTR = "tvmq.amx"  # AMX tiles (`amx.tile_intrin`); the value: row stride of KxK taps, or 0
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d",
@@ -216,21 +219,20 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     # FLAT_ATTR: 0 rows, 1 flat (p = y * OW + x), 2 flat over the padded width
     attrs = {TILE_ATTR: ob, FLAT_ATTR: int(flat) + int(padded_flat)}
-    if int8 and (shifted or padded_flat or flat and kh == kw == sh == sw == 1
-                 and not any(padding) and pp == oh * ow and c % IC_GROUP == 0):
-        # Contiguous runs: zero-pad the input once ([row, channel, column]; for 1x1 convs a
-        # plain copy, taken only when no check is left), then interleave 4 channels' 16-byte
-        # runs into 64 bytes with vector shuffles.
-        if flat:
+    if int8 and (shifted or padded_flat):
+        # Contiguous runs: zero-pad the input once ([row, channel, column]), then interleave 4
+        # channels' 16-byte runs into 64 bytes with vector shuffles. (1x1 stride-1 convs
+        # interleave their input in place: `packed_pointwise_u8s8`.)
+        if padded_flat:
             padded = te.compute((n, 1, icb * IC_GROUP, copy_shape[-1]),
                                 lambda nn, _, ch, p: window(nn, ch, 0, 0, p), name=PAD_BLOCK,
-                                attrs={ROW_ATTR: wp} if padded_flat else {})
+                                attrs={ROW_ATTR: wp})
         else:
             padded = te.compute((n, copy_shape[0], icb * IC_GROUP, copy_shape[1]),
                                 lambda nn, yp, ch, xq: window(nn, ch, yp, xq), name=PAD_BLOCK)
         packed = te.compute(
             (n, icb, *copy_shape, IC_GROUP),
-            lambda nn, cb, a, *rest: padded[nn, 0 if flat else a, cb * IC_GROUP + rest[-1],
+            lambda nn, cb, a, *rest: padded[nn, 0 if padded_flat else a, cb * IC_GROUP + rest[-1],
                                             rest[-2]],
             name=PACK_BLOCK, attrs={INTERLEAVE_ATTR: 1})
     elif int8:
@@ -255,6 +257,52 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     return te.compute((n, ocb * ob, oh, ow), lambda nn, o, y, x: acc[nn, o, y, x], name=CROP_BLOCK)
 
 
+def pointwise_input(call) -> bool:
+    """A uint8 x int8 1x1 conv, stride 1, no padding, input channels a multiple of 4: what
+    `packed_pointwise_u8s8` computes from the input reshaped to `[N, C, H*W]`."""
+    a = call.attrs
+    _, c, kh, kw = (int(d) for d in call.args[1].ty.shape)
+    return (_dtypes(call) == U8S8 and kh == kw == 1 and c % IC_GROUP == 0
+            and all(int(d) == 1 for d in a.strides) and not any(int(p) for p in a.padding))
+
+
+def interleaved_in_place(data: te.Tensor, padded: int) -> te.Tensor:
+    """`[N, C, positions]` uint8 (C a multiple of 4) -> `[N, C/4, padded, 4]`, zeros past the
+    positions: the VNNI/AMX operand layout, scheduled as `vnni.interleave_run` per 4 rows."""
+    n, c, positions = (int(d) for d in data.shape)
+
+    def copy(nn, cb, p, i):
+        value = data[nn, cb * IC_GROUP + i, p]
+        if padded == positions:
+            return value
+        return tirx.if_then_else(p < positions, value, tirx.const(0, data.dtype))
+
+    return te.compute((n, c // IC_GROUP, padded, IC_GROUP), copy, name=PACK_BLOCK,
+                      attrs={INTERLEAVE_ATTR: 1, RUN_ATTR: positions})
+
+
+def packed_pointwise_u8s8(data: te.Tensor, weight: te.Tensor, height: int, width: int):
+    """uint8 x int8 -> int32 1x1 conv (stride 1, no padding) of an input viewed flat,
+    `[N, C, H*W]`, from `pack_weight`'s weight; output NCHW.
+
+    The copy is `packed_conv2d`'s flat one, `[C/4, positions (rounded up to 16), 4]`, made
+    by interleaving 4 channels' rows read in place (`vnni.interleave_run`; zeros past H*W): no
+    zero-padded copy first, and on ragged maps (14x14, 7x7) no byte gather (EfficientNet-Lite0's
+    480 -> 80 at 14x14 1.4x alone).
+    """
+    n, _, positions = (int(d) for d in data.shape)
+    ocb, icb, _, _, ob = (int(d) for d in weight.shape[:5])
+    pp = _ceil(positions, LANES)
+    packed = interleaved_in_place(data, pp)
+    rc, rk = te.reduce_axis((0, icb), "rc"), te.reduce_axis((0, IC_GROUP), "rk")
+    acc = te.compute((n, ocb * ob, pp), lambda nn, o, p: te.sum(
+        packed[nn, rc, p, rk].astype("int32")
+        * weight[o // ob, rc, 0, 0, o % ob, rk].astype("int32"), axis=[rc, rk]),
+        name=CONV_BLOCK, attrs={TILE_ATTR: ob, FLAT_ATTR: 1, VNNI_ATTR: 1})
+    return te.compute((n, ocb * ob, height, width),
+                      lambda nn, o, y, x: acc[nn, o, y * width + x], name=CROP_BLOCK)
+
+
 def pack_amx_weight(weight: np.ndarray) -> np.ndarray:
     """int8 OIHW -> [O/16, I/64, KH, KW, 16, 64] (O zero-padded to 32, I to 64): per 16 output
     channels, 64 input channels and tap, AMX's A tile (row = output channel)."""
@@ -268,7 +316,8 @@ def pack_amx_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
 
 
-def packed_conv2d_amx(data: te.Tensor, weight: te.Tensor, strides, padding, out_channels: int):
+def packed_conv2d_amx(data: te.Tensor, weight: te.Tensor, strides, padding, out_channels: int,
+                      map_shape: tuple[int, int] | None = None):
     """uint8 x int8 -> int32 conv on AMX tiles, from `pack_amx_weight`'s weight: 1x1 convs
     without padding (any stride) and KxK convs with stride 1.
 
@@ -279,11 +328,17 @@ def packed_conv2d_amx(data: te.Tensor, weight: te.Tensor, strides, padding, out_
     transpose anywhere. KxK convs lay the zero-padded input flat over its padded width WP and
     compute the output over that width too (position y * WP + x, columns x >= OW dropped), so
     tap (ky, kx) reads the copy ky * WP + kx positions later. Positions are padded to 32 and
-    output channels to 32: each task fills 2 x 2 accumulator tiles.
+    output channels to 32: each task fills 2 x 2 accumulator tiles. A 1x1 stride-1 conv over
+    a multiple of 64 input channels gets its input viewed flat, `[N, C, H*W]`, with
+    `map_shape` = (H, W), and interleaves it in place (`interleaved_in_place`).
     """
     from .amx import BLOCK_COLUMNS, DEPTH, ROWS
 
-    n, c, h, w = (int(d) for d in data.shape)
+    if map_shape is not None:
+        n, c, _ = (int(d) for d in data.shape)
+        h, w = map_shape
+    else:
+        n, c, h, w = (int(d) for d in data.shape)
     blocks, groups, kh, kw = (int(d) for d in weight.shape[:4])
     sh, sw = strides
     top, left, bottom, right = padding
@@ -293,7 +348,9 @@ def packed_conv2d_amx(data: te.Tensor, weight: te.Tensor, strides, padding, out_
     taps = kh * kw > 1
     row_stride = w + left + right if taps else ow  # of the flat output
     pp = _ceil(oh * row_stride, BLOCK_COLUMNS)
-    if taps:  # stride 1: the padded input flat, long enough for the last tap of the last block
+    if map_shape is not None:
+        padded, packed = None, interleaved_in_place(data, pp)
+    elif taps:  # stride 1: the padded input flat, long enough for the last tap of the last block
         length = _ceil(pp + (kh - 1) * row_stride + kw - 1, LANES)
         padded = te.compute(
             (n, 1, channel_groups * IC_GROUP, length),
@@ -312,7 +369,7 @@ def packed_conv2d_amx(data: te.Tensor, weight: te.Tensor, strides, padding, out_
         packed = te.compute((n, channel_groups, length, IC_GROUP),
                             lambda nn, cb, q, i: padded[nn, 0, cb * IC_GROUP + i, q],
                             name=PACK_BLOCK, attrs={INTERLEAVE_ATTR: 1})
-    else:  # strided or ragged 1x1: gathered
+    elif map_shape is None:  # strided or ragged 1x1: gathered
         packed = te.compute(
             (n, channel_groups, pp, IC_GROUP),
             lambda nn, cb, p, i: guarded_load(data, nn, cb * IC_GROUP + i, p // ow * sh,
@@ -514,6 +571,11 @@ class _ConvPacker(relax.PyExprMutator):
             self.packed[old.name] = (var, value)
         return self.packed[old.name][0]
 
+    def _flat(self, data: relax.Expr):
+        """`data` [N, C, H, W] viewed as [N, C, H*W] (the VM's reshape: no copy), and (H, W)."""
+        n, c, h, w = (int(d) for d in data.ty.shape)
+        return self.builder_.emit(relax.op.reshape(data, (n, c, h * w))), (h, w)
+
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         if packable_dense(call, set(self.weights)):
@@ -536,9 +598,14 @@ class _ConvPacker(relax.PyExprMutator):
         old = call.args[1]
         if self.amx and amx_conv(call):
             var = self._packed(old, pack_amx_weight)
-            return self.builder_.call_te(packed_conv2d_amx, call.args[0], var, strides=strides,
+            from .amx import DEPTH
+
+            data, map_shape = call.args[0], None
+            if pointwise_input(call) and int(old.ty.shape[1]) % DEPTH == 0:
+                data, map_shape = self._flat(data)
+            return self.builder_.call_te(packed_conv2d_amx, data, var, strides=strides,
                                          padding=padding, out_channels=int(old.ty.shape[0]),
-                                         primfunc_name_hint=KERNEL_NAMES[5])
+                                         map_shape=map_shape, primfunc_name_hint=KERNEL_NAMES[5])
         if is_depthwise(call) and int8 and strides[1] == 1:
             kw = int(old.ty.shape[3])
             var = self._packed(old, pack_depthwise_weight)
@@ -549,6 +616,10 @@ class _ConvPacker(relax.PyExprMutator):
             return self.builder_.call_te(packed_depthwise2d, call.args[0], old, strides=strides,
                                          padding=padding, primfunc_name_hint=KERNEL_NAMES[2])
         var = self._packed(old, lambda w: pack_weight(w, int8))
+        if pointwise_input(call):
+            flat, (h, w) = self._flat(call.args[0])
+            return self.builder_.call_te(packed_pointwise_u8s8, flat, var, height=h, width=w,
+                                         primfunc_name_hint=KERNEL_NAMES[1])
         return self.builder_.call_te(
             packed_conv2d, call.args[0], var, strides=strides, padding=padding, int8=int8,
             primfunc_name_hint=KERNEL_NAMES[int8])

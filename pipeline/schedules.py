@@ -204,13 +204,18 @@ def schedule_packed_conv(sch, blocks, names) -> None:
 def _schedule_interleaved_copy(sch, blocks, names, pack) -> None:
     """One parallel task per 4 input channels and row (or flat map): it zero-pads them (plain
     column loops LLVM vectorizes with masked loads) and interleaves them while they are in
-    cache, 16 columns per shuffle (`vnni.INTERLEAVE`)."""
+    cache, 16 columns per shuffle (`vnni.INTERLEAVE`); a copy without a padding block
+    (`packed_pointwise_u8s8`) interleaves the input's rows in place (`vnni.interleave_run`)."""
     from . import packed_conv as pc
-    from .vnni import INTERLEAVE
+    from .vnni import INTERLEAVE, interleave_run
 
     *outer_loops, columns_loop, _ = sch.get_loops(pack)
     tasks = sch.fuse(*outer_loops)
     sch.parallel(tasks)
+    positions = sch.get(pack).annotations.get(pc.RUN_ATTR)
+    if positions is not None:  # the input's rows read in place, one intrinsic per 4 rows
+        sch.tensorize(columns_loop, interleave_run(int(positions), _extent(sch, columns_loop)))
+        return
     _, column_lanes = sch.split(columns_loop, [None, pc.LANES])
     pad = blocks[names.index(pc.PAD_BLOCK)]
     sch.compute_at(pad, tasks)

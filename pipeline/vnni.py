@@ -10,7 +10,8 @@ LLVM 22 rejects for `llvm.x86.avx512.vpdpbusd.512` (it wants `<64 x i8>`). Ours 
 places on the stack (LLVM keeps it in registers); "local" ones go to a heap workspace.
 
 `INTERLEAVE`: 16 bytes from each of 4 channel rows -> 64 bytes [16 x 4], as vector shuffles;
-it builds that activation layout without a byte-by-byte loop.
+it builds that activation layout without a byte-by-byte loop. `interleave_run` does the same
+for 4 whole rows of any length (a ragged end byte by byte), read straight from a conv's input.
 
 `UNFOLD`: 19 bytes of one row -> 64 bytes [16 x 4] where lane x holds bytes x..x+3, the same
 shuffles on 4 overlapping loads: a depthwise conv's 4 neighbouring kernel taps per lane, so
@@ -21,6 +22,8 @@ bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `
 accumulating into a stack tile.
 """
 from __future__ import annotations
+
+import functools
 
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
@@ -100,6 +103,58 @@ def _interleave_impl(a_handle: T.handle, d_handle: T.handle) -> None:
 
 
 TensorIntrin.register(INTERLEAVE, _interleave_desc, _interleave_impl, override=True)
+
+
+@functools.cache
+def interleave_run(positions: int, padded: int) -> str:
+    """Register (once) and name the intrinsic that interleaves 4 channel rows of `positions`
+    bytes into `[padded, 4]` (zeros from `positions` on): whole 16-byte runs by the
+    `INTERLEAVE` shuffles, the ragged end (e.g. 4 of 196 positions) byte by byte. Reading the
+    input's rows in place, it needs no zero-padded copy of them. `a` spans `padded` columns
+    because TIR's region of a guarded read ignores the guard; no byte past `positions` is
+    read."""
+    full = positions // 16 * 16
+    ragged = padded != positions
+
+    @T.prim_func(s_tir=True)
+    def desc(a_handle: T.handle, d_handle: T.handle) -> None:
+        stride = T.int64()
+        a = T.match_buffer(a_handle, (4, padded), "uint8", offset_factor=1,
+                           strides=[stride, 1])
+        d = T.match_buffer(d_handle, (padded, 4), "uint8", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(a[0:4, 0:padded])
+            T.writes(d[0:padded, 0:4])
+            for p, k in T.grid(padded, 4):
+                with T.sblock("copy"):
+                    vp, vk = T.axis.remap("SS", [p, k])
+                    if ragged:
+                        d[vp, vk] = T.if_then_else(vp < positions, a[vk, vp], T.uint8(0))
+                    else:
+                        d[vp, vk] = a[vk, vp]
+
+    @T.prim_func(s_tir=True)
+    def impl(a_handle: T.handle, d_handle: T.handle) -> None:
+        stride = T.int64()
+        a = T.match_buffer(a_handle, (4, padded), "uint8", offset_factor=1,
+                           strides=[stride, 1])
+        d = T.match_buffer(d_handle, (padded, 4), "uint8", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(a[0:4, 0:padded])
+            T.writes(d[0:padded, 0:4])
+            for b in range(full // 16):
+                d[b * 16, T.ramp(0, 1, 64)] = T.Shuffle(
+                    [a[0, T.ramp(b * 16, 1, 16)], a[1, T.ramp(b * 16, 1, 16)],
+                     a[2, T.ramp(b * 16, 1, 16)], a[3, T.ramp(b * 16, 1, 16)]],
+                    INTERLEAVE_4X16)
+            if ragged:
+                for p, k in T.grid(padded - full, 4):
+                    d[full + p, k] = T.if_then_else(full + p < positions, a[k, full + p],
+                                                    T.uint8(0))
+
+    name = f"tvmq_interleave_run_{positions}_{padded}_u8"
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
 
 
 UNFOLD = "tvmq_unfold_16x4_u8"

@@ -31,9 +31,10 @@ needs_amx = pytest.mark.skipif("amx_int8" not in cpu_flags(),
 
 # (in channels, out channels, size, kernel, stride, padding, groups): each routed to AMX
 AMX_CASES = [
-    (256, 128, 14, 1, 1, 0, 1),    # 14x14: 196 positions in 224 (ragged last block), fused epilogue
-    (128, 512, 28, 1, 1, 0, 1),    # interleaved input copy, 784 positions padded to 800
-    (200, 96, 7, 1, 1, 0, 1),      # 200 inputs padded to 256, separate epilogue (7x7)
+    (256, 128, 14, 1, 1, 0, 1),    # 14x14: 196 positions in 224, input interleaved in place
+    (128, 512, 28, 1, 1, 0, 1),    # input interleaved in place, 784 positions padded to 800
+    (200, 96, 7, 1, 1, 0, 1),      # 200 inputs padded to 256 (gathered), separate epilogue (7x7)
+    (96, 128, 8, 1, 1, 0, 1),      # 96 inputs padded to 128: zero-padded copy, then interleaved
     (160, 80, 14, 1, 2, 0, 1),     # strided (gathered copy), 80 outputs padded to 96
     (256, 96, 7, 3, 1, 1, 1),      # 3x3: flat over the padded width, taps = shifted B tiles
     (96, 80, 12, 3, 1, 1, 1),      # 3x3 over 96 inputs (padded to 128) and 80 outputs

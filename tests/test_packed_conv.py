@@ -13,7 +13,8 @@ import tvm
 from tvm import relax
 
 from pipeline.compile import build, has_vnni, packed_kernels, specialize
-from pipeline.packed_conv import PACK_BLOCK, pack_dense_weight, pack_weight, packed_conv2d
+from pipeline.packed_conv import (PACK_BLOCK, PAD_BLOCK, pack_dense_weight, pack_weight,
+                                  packed_conv2d)
 from pipeline.relax_io import ENTRY, weight_params
 from pipeline.runner import cpu_flags
 
@@ -36,6 +37,9 @@ CASES = [
     (32, 24, 32, 1, 1, 0, 1),      # OW 32 = two vectors per tile
     (40, 64, 28, 1, 2, 0, 1),      # strided 1x1 (ResNet downsample), 14x14 flat in 208 lanes
     (240, 80, 14, 1, 1, 0, 1),     # 1x1, 14x14 flat, bias-only epilogue (see conv_model)
+    (12, 16, 7, 1, 1, 0, 1),       # 1x1 on 49 positions: 3 runs of 16 read in place + 1 byte
+    (8, 8, 3, 1, 1, 0, 1),         # 1x1 on 9 positions: no whole run of 16, only the ragged end
+    (6, 8, 10, 1, 1, 0, 1),        # 1x1, 6 channels (not a multiple of 4): the gathered copy
     (48, 16, 28, 1, 1, 0, 1),      # fewer outputs than inputs, 28x28: position blocks outer
     (160, 24, 32, 1, 1, 0, 1),     # the same with a long reduction (two-vector "local" tile)
     (24, 24, 17, 3, 1, 1, 24),     # depthwise
@@ -131,6 +135,26 @@ def test_packed_kernel_matches_generic_build(int8, case):
         np.testing.assert_array_equal(got, expected)
     else:
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("amx", [False, True], ids=["vnni", "amx"])
+@pytest.mark.parametrize("size", [14, 16])
+def test_int8_pointwise_conv_interleaves_its_input_in_place(size, amx):
+    """A uint8 1x1 stride-1 conv (VNNI, or AMX over a multiple of 64 channels) reads its input
+    through a reshape the VM runs as a view (`vm.builtin.reshape`, no copy) and interleaves it
+    without a zero-padded copy first, on ragged (196) and whole-vector (256) maps alike."""
+    from pipeline.packed_conv import KERNEL_NAMES, pack_convolutions
+
+    channels = 128 if amx else 32
+    mod, x, weights = conv_model(True, channels, 96, size, 1, 1, 0, 1)
+    packed, _ = pack_convolutions(mod, weights, int8=True, amx=amx)
+    name = KERNEL_NAMES[5] if amx else "packed_conv2d_u8s8"
+    kernel = next(f for gv, f in packed.functions_items() if gv.name_hint.startswith(name))
+    script = kernel.script()
+    assert f'sblock("{PACK_BLOCK}")' in script and f'sblock("{PAD_BLOCK}")' not in script
+    signature = next(line for line in script.splitlines() if line.startswith("def main("))
+    assert f'T.int64({channels}), T.int64({size * size})), "uint8")' in signature  # [N, C, H*W]
+    assert "vm.builtin.reshape" in build(packed, X86, "default").as_text()
 
 
 @needs_vnni
