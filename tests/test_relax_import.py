@@ -57,6 +57,13 @@ def pools_and_dense(x):
     return layers.Dense(10)(x)
 
 
+def padded_stem(x):
+    """ResNet50's stem: ZeroPadding2D(3) + 7x7 'valid' stride-2 conv (TFLite keeps the pad:
+    its SAME padding would be 2 and 3)."""
+    x = layers.ZeroPadding2D(3)(x)
+    return layers.Conv2D(8, 7, strides=2, padding="valid", activation="relu")(x)
+
+
 def same_padding_stride2(x):
     x = layers.Conv2D(8, 3, strides=2, padding="same")(x)
     x = layers.DepthwiseConv2D(3, strides=2, padding="same")(x)
@@ -75,7 +82,7 @@ def pool_then_branches(x):
 
 
 CASES = [conv_bn_relu6, asymmetric_pad_stride2, depthwise_block, pools_and_dense,
-         same_padding_stride2, pool_then_branches]
+         same_padding_stride2, pool_then_branches, padded_stem]
 
 
 @pytest.mark.parametrize("body", CASES, ids=lambda f: f.__name__)
@@ -103,6 +110,15 @@ def test_branches_share_one_transpose():
     mod, _ = keras_to_relax(_model(pool_then_branches, shape=(17, 17, 3)))
     # input -> NCHW, conv output -> NHWC for the pad, pooled map -> NCHW once for both branches
     assert op_counts(mod)["relax.permute_dims"] == 3, mod.script()
+    assert op_counts(mod)["relax.nn.pad"] == 1  # a zero pad before a max pool is kept
+
+
+def test_zero_padding_before_a_conv_becomes_its_padding():
+    """ZeroPadding2D + 'valid' conv (ResNet50's stem) -> one conv padding by itself: no pad
+    pass, and the input transpose is a plain one (numerical parity: test_import_matches_keras)."""
+    mod, _ = keras_to_relax(_model(padded_stem))
+    assert "relax.nn.pad" not in op_counts(mod), mod.script()
+    assert "padding=[3, 3, 3, 3]" in mod.script()
 
 
 def test_tvmscript_and_params_round_trip(tmp_path, run_relax):
