@@ -190,31 +190,43 @@ def _spatial_zero_pad(pad, layout: str) -> list[int] | None:
     return [widths[2 * h], widths[2 * w], widths[2 * h + 1], widths[2 * w + 1]]
 
 
-@tvm.transform.module_pass(opt_level=0, name="FoldZeroPadIntoConv")
-def fold_zero_pad_into_conv(mod, _ctx):
-    """conv2d(pad(x, zeros around H and W)) -> conv2d(x) with that padding added to its own.
+def _non_negative(expr) -> bool:
+    """The output of a ReLU (or a clip from 0 up): no element below zero."""
+    return _is_op(expr, "relax.nn.relu") or (
+        _is_op(expr, "relax.clip") and float(expr.args[1].value) >= 0)
 
-    Keras' ZeroPadding2D before a 'valid' conv (ResNet50's stem) is the conv's own zero
-    padding, which the packed kernels apply while copying their input anyway: the separate
-    pass over the padded image (fused with the transpose to NCHW) goes, leaving a plain
-    transpose (ResNet50: 0.11 -> 0.04 ms; the stem conv itself unchanged, outputs identical).
-    A zero pad before a max pool stays: folded, the pool would leave its NHWC transposes and
-    run NCHW on TVM's generic loops, measured 0.95x on the whole int8 ResNet50.
+
+@tvm.transform.module_pass(opt_level=0, name="FoldZeroPadding")
+def fold_zero_padding(mod, _ctx):
+    """conv2d(pad(x, zeros around H and W)) -> conv2d(x) with that padding added to its own;
+    the same for a max pool of a ReLU's output (no zero there beats a window's maximum, so
+    the pool's own padding, which never wins either, gives the same result).
+
+    Keras' ZeroPadding2D before a 'valid' conv or pool (ResNet50's stem and max pool) is their
+    own padding, which the packed kernels apply while copying their input: the pad pass over
+    the map goes (the stem's pad+transpose becomes a plain transpose: 0.11 -> 0.04 ms), and a
+    pool without a pad in front follows its input into NCHW instead of sitting between two
+    transposes (`packed_conv.packed_max_pool2d` runs it there).
     """
 
     def rewrite(call, mutator):
-        if not _is_op(call, "relax.nn.conv2d"):
+        conv = _is_op(call, "relax.nn.conv2d")
+        if not conv and not _is_op(call, "relax.nn.max_pool2d"):
             return None
         a = call.attrs
         pad = mutator.lookup_binding(call.args[0])
-        extra = _spatial_zero_pad(pad, str(a.data_layout))
-        if extra is None:
+        extra = _spatial_zero_pad(pad, str(a.data_layout if conv else a.layout))
+        if extra is None or not (conv or _non_negative(mutator.lookup_binding(pad.args[0]))):
             return None
-        return relax.op.nn.conv2d(
-            pad.args[0], call.args[1], strides=a.strides,
-            padding=[int(p) + e for p, e in zip(a.padding, extra)], dilation=a.dilation,
-            groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
-            out_layout=a.out_layout, out_dtype=None if a.out_dtype in (None, "") else a.out_dtype)
+        padding = [int(p) + e for p, e in zip(a.padding, extra)]
+        if conv:
+            return relax.op.nn.conv2d(
+                pad.args[0], call.args[1], strides=a.strides, padding=padding,
+                dilation=a.dilation, groups=a.groups, data_layout=a.data_layout,
+                kernel_layout=a.kernel_layout, out_layout=a.out_layout,
+                out_dtype=None if a.out_dtype in (None, "") else a.out_dtype)
+        return relax.op.nn.max_pool2d(pad.args[0], a.pool_size, a.strides, padding, a.dilation,
+                                      a.ceil_mode, a.count_include_pad, a.layout, a.out_layout)
 
     return _rewrite_calls(mod, rewrite)
 
@@ -255,12 +267,13 @@ def min_max_to_clip(mod, _ctx):
 
 
 def to_nchw(mod: tvm.IRModule) -> tvm.IRModule:
-    """Fold zero padding into the convs, convert them to NCHW/OIHW, fold the weight transposes
-    into the constants and share repeated transposes."""
+    """Fold zero padding into the convs and max pools, convert convolutions to NCHW/OIHW
+    (pools follow), fold the weight transposes into the constants and share repeated
+    transposes."""
     seq = tvm.transform.Sequential(
         [
             reshape_bias_to_rank4,
-            fold_zero_pad_into_conv,
+            fold_zero_padding,
             clip_to_min_max,
             relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "OIHW"]}),
             relax.transform.Normalize(),

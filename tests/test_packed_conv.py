@@ -258,6 +258,39 @@ def test_packed_dense_matches_generic_build(int8, k, n):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
+def pool_model(dtype: str, c: int, size: int, pool: int, stride: int, pad: int):
+    """A max pool alone, NCHW (what the import leaves of ResNet50's pad + pool)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, size, size), dtype))
+    with bb.function(ENTRY, [x], attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit_output(bb.emit(relax.op.nn.max_pool2d(x, pool, stride, pad)))
+        bb.emit_func_output(y)
+    rng = np.random.default_rng(c * 100 + size)
+    if dtype == "uint8":
+        xs = rng.integers(0, 256, (1, c, size, size)).astype(dtype)
+    else:  # negatives at the border: padding with 0 instead of the lowest value would show
+        xs = (rng.standard_normal((1, c, size, size)) - 2).astype(dtype)
+    return bb.get(), xs, {}
+
+
+@needs_vnni
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+@pytest.mark.parametrize("case", [(16, 17, 3, 2, 1), (8, 14, 2, 2, 0), (24, 9, 3, 1, 1),
+                                  (12, 20, 3, 2, 0)],
+                         ids=lambda c: "c{}s{}k{}st{}p{}".format(*c))
+def test_packed_max_pool_matches_generic_build(dtype, case):
+    """NCHW max pools as `packed_max_pool2d` (rows split by column phase, padded with the
+    type's lowest value), on every llvm target: same result as TVM's own pool."""
+    mod, x, weights = pool_model(dtype, *case)
+    expected, _ = run(mod, weights, x, GENERIC, "none")
+    for target in (X86, GENERIC):
+        got, built = run(mod, weights, x, target, "default")
+        assert packed_kernels(built)["packed_max_pool2d"] == 1
+        np.testing.assert_array_equal(got, expected)
+    assert scheduled_by_packed_rule(built) == 1
+
+
 def test_dense_weight_packing_layout():
     w = (np.arange(30 * 20).reshape(30, 20) % 251 - 125).astype(np.int8)
     f = pack_dense_weight(w.astype(np.float32), int8=False)

@@ -71,18 +71,24 @@ def same_padding_stride2(x):
     return layers.Dense(5, activation="relu")(x)
 
 
-def pool_then_branches(x):
-    """ResNet50's stem: zero pad + max pool stay NHWC (pad has no layout rule), then two
-    convolution branches read the pooled map."""
-    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+def pool_then_branches(x, activation="relu"):
+    """ResNet50's stem: zero pad + max pool of a ReLU's output (the pad folds into the pool,
+    which then runs NCHW), then two convolution branches read the pooled map."""
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation=activation)(x)
     x = layers.ZeroPadding2D(1)(x)
     x = layers.MaxPooling2D(3, strides=2)(x)
     x = layers.Add()([layers.Conv2D(4, 1)(x), layers.Conv2D(4, 3, padding="same")(x)])
     return layers.GlobalAveragePooling2D()(x)
 
 
+def pool_of_signed_values(x):
+    """The same without the ReLU: a zero pad may beat a window's negative maximum, so it stays
+    (NHWC, pad has no layout rule) and the pool with it."""
+    return pool_then_branches(x, activation=None)
+
+
 CASES = [conv_bn_relu6, asymmetric_pad_stride2, depthwise_block, pools_and_dense,
-         same_padding_stride2, pool_then_branches, padded_stem]
+         same_padding_stride2, pool_then_branches, pool_of_signed_values, padded_stem]
 
 
 @pytest.mark.parametrize("body", CASES, ids=lambda f: f.__name__)
@@ -106,11 +112,13 @@ def test_convolutions_run_in_nchw_with_a_single_input_transpose():
     assert "metadata" not in text  # weights are parameters, not inlined constants
 
 
-def test_branches_share_one_transpose():
-    mod, _ = keras_to_relax(_model(pool_then_branches, shape=(17, 17, 3)))
+def test_zero_pad_folds_into_a_max_pool_of_relu_output_only():
+    counts = op_counts(keras_to_relax(_model(pool_then_branches, shape=(17, 17, 3)))[0])
+    assert "relax.nn.pad" not in counts and counts["relax.permute_dims"] == 1  # the input's
+    mod, _ = keras_to_relax(_model(pool_of_signed_values, shape=(17, 17, 3)))
     # input -> NCHW, conv output -> NHWC for the pad, pooled map -> NCHW once for both branches
     assert op_counts(mod)["relax.permute_dims"] == 3, mod.script()
-    assert op_counts(mod)["relax.nn.pad"] == 1  # a zero pad before a max pool is kept
+    assert op_counts(mod)["relax.nn.pad"] == 1
 
 
 def test_zero_padding_before_a_conv_becomes_its_padding():
