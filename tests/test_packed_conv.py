@@ -44,6 +44,8 @@ CASES = [
     (160, 24, 32, 1, 1, 0, 1),     # the same with a long reduction (two-vector "local" tile)
     (24, 24, 17, 3, 1, 1, 24),     # depthwise
     (24, 24, 14, 5, 1, 2, 24),     # depthwise 5x5 (int8: two groups of 4 kernel columns)
+    (24, 24, 7, 5, 1, 2, 24),      # depthwise 5x5 on 7x7: rows of 7 in 16 lanes
+    (8, 8, 6, 3, 1, 0, 8),         # depthwise 3x3, no padding: 4x4 output
     (16, 16, 7, 5, (2, 1), 2, 16),  # depthwise, rows strided only (int8: unfolded rows)
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
     (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short
