@@ -107,11 +107,14 @@ def specialize(mod: tvm.IRModule, weights: dict[str, np.ndarray], target: tvm.ta
                schedules: str):
     """The module and weights a build runs: with default schedules on CPU, conv2d weights are
     packed for `packed_conv` (uint8 x int8 convs only where the target has AVX512-VNNI; the
-    larger ones on AMX tiles where it has AMX, see `packed_conv.amx_conv`)."""
+    larger ones on AMX tiles where it has AMX, see `packed_conv.amx_conv`), and requantize
+    epilogues round and convert in one instruction (`requantize.fuse_requantize`)."""
     if schedules == "default" and target.kind.name == "llvm":
         from .packed_conv import pack_convolutions
+        from .requantize import fuse_requantize
 
-        return pack_convolutions(mod, weights, int8=has_vnni(target), amx=has_amx(target))
+        mod, weights = pack_convolutions(mod, weights, int8=has_vnni(target), amx=has_amx(target))
+        return fuse_requantize(mod), weights
     return mod, weights
 
 
