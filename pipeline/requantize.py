@@ -13,9 +13,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, tirx
 
+from .quantize.realize import ROUND_FUNC
 from .relax_io import ENTRY
-
-ROUND_FUNC = "round_half_even"  # the quantizer's rounding PrimFunc (quantize.realize)
 
 
 def round_to_uint8_te(x: te.Tensor, zero_point: int, lo: int, hi: int) -> te.Tensor:

@@ -24,6 +24,9 @@ from .config import QConfig
 from .units import Unit, find_units, op_name, prim_float
 
 
+ROUND_FUNC = "round_half_even"  # the PrimFunc's name (matched by `pipeline.requantize`)
+
+
 def round_half_even_te(x):
     """Elementwise `tir.round`, which LLVM code rounds half to even (`llvm.nearbyint`). Relax's
     own `round` legalizes to `tir.nearbyint`, which TVM's vectorizer can leave as scalar
@@ -231,7 +234,7 @@ class Realizer:
         else:
             m = self.param(f"{name}_m", m32.reshape(chan_shape))
         v = self.emit(relax.op.multiply(relax.op.astype(acc, "float32"), m))
-        v = self.bb.emit_te(round_half_even_te, v, primfunc_name_hint="round_half_even")
+        v = self.bb.emit_te(round_half_even_te, v, primfunc_name_hint=ROUND_FUNC)
         if qp.zero_point:
             v = self.emit(relax.op.add(v, relax.const(float(qp.zero_point), "float32")))
         v = self.emit(relax.op.clip(v, qlo, qhi))
@@ -430,7 +433,7 @@ def realize_add(r: Realizer, b) -> bool:
             m = float(add_multiplier(p.scale / py.scale))
             terms.append(r.emit(relax.op.multiply(centred, relax.const(m, "float32"))))
         v = r.emit(relax.op.add(*terms))
-        v = r.bb.emit_te(round_half_even_te, v, primfunc_name_hint="round_half_even")
+        v = r.bb.emit_te(round_half_even_te, v, primfunc_name_hint=ROUND_FUNC)
         v = r.emit(relax.op.clip(relax.op.add(v, relax.const(float(py.zero_point), "float32")),
                                  py.qmin, py.qmax))
         record.extra["requantize"] = "float32"
