@@ -6,7 +6,10 @@ the zero point, the clamp and a truncating conversion (`vcvttps2dq`). `llvm.lrin
 to even (the default rounding mode) and converts in one instruction (`vcvtps2dq` on x86):
 clamped first to [lo - zp, hi - zp], integers, which rounding cannot leave, and the zero point
 added after in int32, it gives the same bytes with an instruction fewer per vector in the
-epilogue of every int8 layer. The quantized module itself keeps the portable form.
+epilogue of every int8 layer. A residual add dequantizes a conv's output at once,
+`float32(uint8(clip(round(x) + zp, lo, hi))) - zp`: that is `clip(round(x), lo - zp, hi - zp)`
+(small integers, exact in float32), without the cast and the two zero-point additions. The
+quantized module itself keeps the portable form.
 """
 from __future__ import annotations
 
@@ -72,41 +75,73 @@ class _Fuser(relax.PyExprMutator):
         self.fused = 0
         self.keep = _dequantized_at_once(mod[ENTRY])
 
-    def _match(self, call):
-        """(x, zero point, lo, hi) of uint8(clip(round_half_even(x) [+ zp], lo, hi)), or None."""
-        if (not _op(call, "relax.astype") or str(call.attrs.dtype) != "uint8"
-                or call.args[0] in self.keep):
-            return None
-        clip = self.lookup_binding(call.args[0])
+    def _rounded(self, clip_var):
+        """(rounded var, zero point, lo, hi) of `clip_var` = clip(round_half_even(x) [+ zp],
+        lo, hi) with a uint8 clamp, or None."""
+        clip = self.lookup_binding(clip_var)
         if not _op(clip, "relax.clip"):
             return None
         lo, hi = (_integer(bound.value) for bound in clip.args[1:])
         if lo is None or hi is None or not 0 <= lo <= hi <= 255:
             return None
-        inner, zero_point = self.lookup_binding(clip.args[0]), 0
+        rounded, zero_point = clip.args[0], 0
+        inner = self.lookup_binding(rounded)
         if _op(inner, "relax.add") and _scalar(inner.args[1]) is not None:
             zero_point = _integer(_scalar(inner.args[1]))
-            inner = self.lookup_binding(inner.args[0])
+            rounded = inner.args[0]
+            inner = self.lookup_binding(rounded)
         if (zero_point is None or not _op(inner, "relax.call_tir")
-                or not inner.args[0].name_hint.startswith(ROUND_FUNC)):
+                or not inner.args[0].name_hint.startswith(ROUND_FUNC)
+                or str(inner.args[1].fields[0].ty.dtype) != "float32"):
             return None
-        x = inner.args[1].fields[0]
-        return (x, zero_point, lo, hi) if str(x.ty.dtype) == "float32" else None
+        return rounded, zero_point, lo, hi
 
-    def visit_call_(self, call):
-        call = self.visit_expr_post_order(call)
-        matched = self._match(call)
+    def _to_uint8(self, call):
+        """uint8(clip(round_half_even(x) + zp, lo, hi)) -> `round_to_uint8_te` (x, ...)."""
+        if (not _op(call, "relax.astype") or str(call.attrs.dtype) != "uint8"
+                or call.args[0] in self.keep):
+            return None
+        matched = self._rounded(call.args[0])
         if matched is None:
-            return call
-        self.fused += 1
-        x, zero_point, lo, hi = matched
+            return None
+        rounded, zero_point, lo, hi = matched
+        x = self.lookup_binding(rounded).args[1].fields[0]
         return self.builder_.call_te(round_to_uint8_te, x, zero_point=zero_point, lo=lo, hi=hi,
                                      primfunc_name_hint="round_to_uint8")
 
+    def _centred(self, call):
+        """float32(uint8(clip(r + zp, lo, hi))) - zp, r = round_half_even(x): a residual add's
+        operand, centred on its zero point -> clip(r, lo - zp, hi - zp), the same floats (small
+        integers) without the zero point's two additions and the cast's truncation."""
+        if not _op(call, "relax.subtract") or _scalar(call.args[1]) is None:
+            return None
+        to_float = self.lookup_binding(call.args[0])
+        if not _op(to_float, "relax.astype") or str(to_float.attrs.dtype) != "float32":
+            return None
+        to_uint8 = self.lookup_binding(to_float.args[0])
+        if not _op(to_uint8, "relax.astype") or str(to_uint8.attrs.dtype) != "uint8":
+            return None
+        matched = self._rounded(to_uint8.args[0])
+        if matched is None or float(matched[1]) != _scalar(call.args[1]):
+            return None
+        rounded, zero_point, lo, hi = matched
+        return relax.op.clip(rounded, lo - zero_point, hi - zero_point)
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        new = self._to_uint8(call)
+        if new is None:
+            new = self._centred(call)
+        if new is None:
+            return call
+        self.fused += 1
+        return new
+
 
 def fuse_requantize(mod: tvm.IRModule) -> tvm.IRModule:
-    """Every `uint8(clip(round_half_even(x) + zp, lo, hi))` of `main` as `round_to_uint8_te`
-    (same bytes); the rounding ops left unused are dropped."""
+    """Every `uint8(clip(round_half_even(x) + zp, lo, hi))` of `main` as `round_to_uint8_te`,
+    every such value dequantized at once as the clamped rounding itself (same numbers); the
+    ops left unused are dropped."""
     fuser = _Fuser(mod)
     func = fuser.visit_expr(mod[ENTRY])
     if not fuser.fused:

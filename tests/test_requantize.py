@@ -12,9 +12,11 @@ from pipeline.relax_io import ENTRY
 from pipeline.requantize import fuse_requantize
 
 
-def requantize_model(zero_point: int, lo: int, hi: int, n: int = 64, dequantize: bool = False):
+def requantize_model(zero_point: int, lo: int, hi: int, n: int = 64, dequantize: bool = False,
+                     centre: bool = False):
     """x (float32) -> uint8(clip(round_half_even(x) + zp, lo, hi)), as the quantizer emits it;
-    `dequantize`: cast straight back to float32 (a residual add's operand)."""
+    `dequantize`: cast straight back to float32, `centre`: minus the zero point (a residual
+    add's operand, `realize_add`)."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, n), "float32"))
     with bb.function(ENTRY, [x], attrs={"num_input": 1}):
@@ -26,6 +28,8 @@ def requantize_model(zero_point: int, lo: int, hi: int, n: int = 64, dequantize:
             y = bb.emit(relax.op.astype(v, "uint8"))
             if dequantize:
                 y = bb.emit(relax.op.astype(y, "float32"))
+            if centre:
+                y = bb.emit(relax.op.subtract(y, relax.const(float(zero_point), "float32")))
             y = bb.emit_output(y)
         bb.emit_func_output(y)
     return bb.get()
@@ -61,3 +65,18 @@ def test_other_epilogues_are_left_alone():
     assert fuse_requantize(mod) is mod
     mod = requantize_model(0, 0, 255, dequantize=True)
     assert fuse_requantize(mod) is mod
+
+
+@pytest.mark.parametrize("zero_point,lo,hi", [(0, 0, 255), (77, 0, 255), (3, 3, 200)])
+def test_residual_operand_is_the_clamped_rounding_itself(zero_point, lo, hi):
+    """float32(uint8(clip(round(x) + zp, lo, hi))) - zp, a residual add's operand, becomes
+    clip(round(x), lo - zp, hi - zp): no uint8 cast left, the same floats."""
+    values = np.concatenate([np.arange(-6, 6) + 0.5, [-1e9, 1e9, -300.5, 300.5],
+                             np.random.default_rng(1).uniform(-400, 400, 48)]
+                            ).astype(np.float32)[None]
+    mod = requantize_model(zero_point, lo, hi, values.shape[1], dequantize=True, centre=True)
+    fused = fuse_requantize(mod)
+    assert '"uint8"' not in fused[ENTRY].script()
+    expected = (np.clip(np.rint(values) + zero_point, lo, hi) - zero_point).astype(np.float32)
+    np.testing.assert_array_equal(run(mod, values), expected)
+    np.testing.assert_array_equal(run(fused, values), expected)
