@@ -147,8 +147,15 @@ def _rewrite_calls(mod: tvm.IRModule, rewrite) -> tvm.IRModule:
     return mutator.builder_.get()
 
 
-def _is_op(call, name: str) -> bool:
+def is_op(call, name: str) -> bool:
     return isinstance(call, relax.Call) and call.op == tvm.ir.Op.get(name)
+
+
+def scalar_value(expr) -> float | int | None:
+    """The number in a rank-0 constant, else None."""
+    if isinstance(expr, tvm.ir.GenericConst) and expr.ty.ndim == 0:
+        return expr.value.numpy().item()
+    return None
 
 
 @tvm.transform.module_pass(opt_level=0, name="ReshapeBiasToRank4")
@@ -160,7 +167,7 @@ def reshape_bias_to_rank4(mod, _ctx):
     """
 
     def rewrite(call, _mutator):
-        if not _is_op(call, "relax.add"):
+        if not is_op(call, "relax.add"):
             return None
         args = list(call.args)
         for i, arg in enumerate(args):
@@ -180,7 +187,7 @@ def reshape_bias_to_rank4(mod, _ctx):
 def _spatial_zero_pad(pad, layout: str) -> list[int] | None:
     """(top, left, bottom, right) of a constant-zero `nn.pad` over only the H and W axes of
     `layout`, else None."""
-    if (not _is_op(pad, "relax.nn.pad") or pad.attrs.pad_mode != "constant"
+    if (not is_op(pad, "relax.nn.pad") or pad.attrs.pad_mode != "constant"
             or float(pad.attrs.pad_value) != 0.0):
         return None
     widths = [int(v) for v in pad.attrs.pad_width]  # (before, after) per axis
@@ -192,8 +199,8 @@ def _spatial_zero_pad(pad, layout: str) -> list[int] | None:
 
 def _non_negative(expr) -> bool:
     """The output of a ReLU (or a clip from 0 up): no element below zero."""
-    return _is_op(expr, "relax.nn.relu") or (
-        _is_op(expr, "relax.clip") and float(expr.args[1].value) >= 0)
+    return is_op(expr, "relax.nn.relu") or (
+        is_op(expr, "relax.clip") and float(expr.args[1].value) >= 0)
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldZeroPadding")
@@ -210,8 +217,8 @@ def fold_zero_padding(mod, _ctx):
     """
 
     def rewrite(call, mutator):
-        conv = _is_op(call, "relax.nn.conv2d")
-        if not conv and not _is_op(call, "relax.nn.max_pool2d"):
+        conv = is_op(call, "relax.nn.conv2d")
+        if not conv and not is_op(call, "relax.nn.max_pool2d"):
             return None
         a = call.attrs
         pad = mutator.lookup_binding(call.args[0])
@@ -236,7 +243,7 @@ def clip_to_min_max(mod, _ctx):
     """clip(x, a, b) -> minimum(maximum(x, a), b): clip has no layout rule, min/max do."""
 
     def rewrite(call, mutator):
-        if not _is_op(call, "relax.clip"):
+        if not is_op(call, "relax.clip"):
             return None
         x, lo, hi = call.args
         dtype = x.ty.dtype
@@ -250,18 +257,14 @@ def clip_to_min_max(mod, _ctx):
 def min_max_to_clip(mod, _ctx):
     """Undo ClipToMinMax after layout conversion, so ReLU6 is one op again."""
 
-    def scalar(expr):
-        if isinstance(expr, tvm.ir.GenericConst) and expr.ty.ndim == 0:
-            return expr.value.numpy().item()
-        return None
-
     def rewrite(call, mutator):
-        if not _is_op(call, "relax.minimum") or scalar(call.args[1]) is None:
+        if not is_op(call, "relax.minimum") or scalar_value(call.args[1]) is None:
             return None
         inner = mutator.lookup_binding(call.args[0])
-        if not _is_op(inner, "relax.maximum") or scalar(inner.args[1]) is None:
+        if not is_op(inner, "relax.maximum") or scalar_value(inner.args[1]) is None:
             return None
-        return relax.op.clip(inner.args[0], scalar(inner.args[1]), scalar(call.args[1]))
+        return relax.op.clip(inner.args[0], scalar_value(inner.args[1]),
+                             scalar_value(call.args[1]))
 
     return _rewrite_calls(mod, rewrite)
 

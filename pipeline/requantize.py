@@ -17,6 +17,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from .quantize.realize import ROUND_FUNC
+from .relax_import import is_op, scalar_value
 from .relax_io import ENTRY
 
 
@@ -33,19 +34,9 @@ def round_to_uint8_te(x: te.Tensor, zero_point: int, lo: int, hi: int) -> te.Ten
     return te.compute(x.shape, value, name="round_to_uint8")
 
 
-def _op(expr, name: str) -> bool:
-    return isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get(name)
-
-
 def _integer(value) -> int | None:
     number = float(value)
     return int(number) if number.is_integer() else None
-
-
-def _scalar(expr) -> float | None:
-    if isinstance(expr, tvm.ir.GenericConst) and expr.ty.ndim == 0:
-        return expr.value.numpy().item()
-    return None
 
 
 def _dequantized_at_once(func: relax.Function) -> set:
@@ -58,14 +49,14 @@ def _dequantized_at_once(func: relax.Function) -> set:
             value = binding.value
             if not isinstance(value, relax.Call):
                 continue
-            if (_op(value, "relax.astype") and str(value.attrs.dtype) == "uint8"
+            if (is_op(value, "relax.astype") and str(value.attrs.dtype) == "uint8"
                     and isinstance(value.args[0], relax.Var)):
                 casts[binding.var] = value.args[0]
             for arg in value.args:
                 for var in (arg.fields if isinstance(arg, relax.Tuple) else [arg]):
                     users.setdefault(var, []).append(value)
     return {clip for cast, clip in casts.items() if users.get(cast) and all(
-        _op(u, "relax.astype") and str(u.attrs.dtype) == "float32" for u in users[cast])}
+        is_op(u, "relax.astype") and str(u.attrs.dtype) == "float32" for u in users[cast])}
 
 
 @relax.expr_functor.mutator
@@ -79,18 +70,18 @@ class _Fuser(relax.PyExprMutator):
         """(rounded var, zero point, lo, hi) of `clip_var` = clip(round_half_even(x) [+ zp],
         lo, hi) with a uint8 clamp, or None."""
         clip = self.lookup_binding(clip_var)
-        if not _op(clip, "relax.clip"):
+        if not is_op(clip, "relax.clip"):
             return None
         lo, hi = (_integer(bound.value) for bound in clip.args[1:])
         if lo is None or hi is None or not 0 <= lo <= hi <= 255:
             return None
         rounded, zero_point = clip.args[0], 0
         inner = self.lookup_binding(rounded)
-        if _op(inner, "relax.add") and _scalar(inner.args[1]) is not None:
-            zero_point = _integer(_scalar(inner.args[1]))
+        if is_op(inner, "relax.add") and scalar_value(inner.args[1]) is not None:
+            zero_point = _integer(scalar_value(inner.args[1]))
             rounded = inner.args[0]
             inner = self.lookup_binding(rounded)
-        if (zero_point is None or not _op(inner, "relax.call_tir")
+        if (zero_point is None or not is_op(inner, "relax.call_tir")
                 or not inner.args[0].name_hint.startswith(ROUND_FUNC)
                 or str(inner.args[1].fields[0].ty.dtype) != "float32"):
             return None
@@ -98,7 +89,7 @@ class _Fuser(relax.PyExprMutator):
 
     def _to_uint8(self, call):
         """uint8(clip(round_half_even(x) + zp, lo, hi)) -> `round_to_uint8_te` (x, ...)."""
-        if (not _op(call, "relax.astype") or str(call.attrs.dtype) != "uint8"
+        if (not is_op(call, "relax.astype") or str(call.attrs.dtype) != "uint8"
                 or call.args[0] in self.keep):
             return None
         matched = self._rounded(call.args[0])
@@ -113,16 +104,16 @@ class _Fuser(relax.PyExprMutator):
         """float32(uint8(clip(r + zp, lo, hi))) - zp, r = round_half_even(x): a residual add's
         operand, centred on its zero point -> clip(r, lo - zp, hi - zp), the same floats (small
         integers) without the zero point's two additions and the cast's truncation."""
-        if not _op(call, "relax.subtract") or _scalar(call.args[1]) is None:
+        if not is_op(call, "relax.subtract") or scalar_value(call.args[1]) is None:
             return None
         to_float = self.lookup_binding(call.args[0])
-        if not _op(to_float, "relax.astype") or str(to_float.attrs.dtype) != "float32":
+        if not is_op(to_float, "relax.astype") or str(to_float.attrs.dtype) != "float32":
             return None
         to_uint8 = self.lookup_binding(to_float.args[0])
-        if not _op(to_uint8, "relax.astype") or str(to_uint8.attrs.dtype) != "uint8":
+        if not is_op(to_uint8, "relax.astype") or str(to_uint8.attrs.dtype) != "uint8":
             return None
         matched = self._rounded(to_uint8.args[0])
-        if matched is None or float(matched[1]) != _scalar(call.args[1]):
+        if matched is None or float(matched[1]) != scalar_value(call.args[1]):
             return None
         rounded, zero_point, lo, hi = matched
         return relax.op.clip(rounded, lo - zero_point, hi - zero_point)
