@@ -17,7 +17,8 @@ stored in the built `model.params`):
 - 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows; uint8 1x1
   stride-1 convs read their input as `[C, H*W]` (a reshape: no copy) and interleave it from
   there (`packed_pointwise_u8s8`). Depthwise convs keep their weight and copy padded rows split
-  by column phase.
+  by column phase; uint8 ones with column stride 1 or 2 unfold the rows instead, 4 kernel
+  columns per int32 lane (`packed_depthwise2d_u8s8`).
 - uint8 x int8 on targets with AMX (`amx_conv`: more than 64 input and output channels, 1x1
   or stride-1 KxK): weight `[O/16, I/64, KH, KW, 16, 64]`, the same flat input copy,
   multiplied on AMX tiles (`packed_conv2d_amx`, `amx.tile_intrin`).
@@ -37,6 +38,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from .relax_io import ENTRY, num_inputs
+from .vnni import UNFOLDS
 
 LANES = 16  # neighbouring output columns per vector
 OC_BLOCK = 8  # output channels per register tile
@@ -429,31 +431,31 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 
 
 def packed_depthwise2d_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding, kw: int):
-    """uint8 x int8 depthwise conv with column stride 1, from `pack_depthwise_weight`'s weight.
+    """uint8 x int8 depthwise conv with column stride 1 or 2, from `pack_depthwise_weight`'s
+    weight.
 
     Each zero-padded row is unfolded once per group of 4 kernel columns into `[columns, 4]`:
-    lane x of group g holds columns x+4g .. x+4g+3 (the `vnni.UNFOLD` shuffle). One `vpdpbusd`
-    then multiplies 4 kernel columns for 16 neighbouring outputs, instead of a widening
-    multiply and an add per tap (EfficientNet-Lite0's stride-1 layers 1.2-1.6x). Column-strided
-    convs keep `packed_depthwise2d`: their phase split plus unfold cost more than it saves
-    (measured 0.7-1.0x).
+    lane x of group g holds columns s*x+4g .. s*x+4g+3 for column stride s (the
+    `vnni.UNFOLDS` shuffles). One `vpdpbusd` then multiplies 4 kernel columns for 16
+    neighbouring outputs, instead of a widening multiply and an add per tap (EfficientNet-Lite0's
+    stride-1 layers 1.2-1.6x, stride-2 layers 1.3-1.5x).
     """
     n, c, h, w = (int(d) for d in data.shape)
     _, kh, groups, _ = (int(d) for d in weight.shape)
-    sh, _ = strides
+    sh, sw = strides
     top, left, bottom, right = padding
     oh = (h + top + bottom - kh) // sh + 1
-    ow = w + left + right - kw + 1
+    ow = (w + left + right - kw) // sw + 1
     owp = _ceil(ow, LANES)
     rows = h + top + bottom
     padded = te.compute(
-        (n, c, rows, owp + IC_GROUP * groups),  # what the last group's last lane reads, and more
+        (n, c, rows, sw * owp + IC_GROUP * groups),  # what the last group's last lane reads
         lambda nn, ch, yp, xs: guarded_load(data, nn, ch, yp - top, xs - left, branch=True),
         name=PAD_BLOCK)
     unfolded = te.compute(
         (n, c, rows, groups, owp, IC_GROUP),
-        lambda nn, ch, yp, g, xs, t: padded[nn, ch, yp, xs + g * IC_GROUP + t],
-        name=PACK_BLOCK, attrs={UNFOLD_ATTR: 1})
+        lambda nn, ch, yp, g, xs, t: padded[nn, ch, yp, xs * sw + g * IC_GROUP + t],
+        name=PACK_BLOCK, attrs={UNFOLD_ATTR: sw})
     ry, rg, rt = (te.reduce_axis((0, e), name) for e, name in (
         (kh, "ry"), (groups, "rg"), (IC_GROUP, "rt")))
     acc = te.compute(
@@ -463,6 +465,16 @@ def packed_depthwise2d_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding
             * weight[ch, ry, rg, rt].astype("int32"), axis=[ry, rg, rt]),
         name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c), PACK_IN_TILE_ATTR: 1, VNNI_ATTR: 1})
     return te.compute((n, c, oh, ow), lambda nn, ch, y, x: acc[nn, ch, y, x], name=CROP_BLOCK)
+
+
+def unfoldable(call) -> bool:
+    """Whether a uint8 depthwise conv runs as `packed_depthwise2d_u8s8`: column stride 1, or 2
+    over rows of more than 8 outputs. On narrower strided rows (EfficientNet-Lite0's 14 -> 7)
+    the unfolded copy, twice the padded row per group of 4 taps, costs more than `vpdpbusd`
+    saves (0.86-0.95x)."""
+    stride = int(call.attrs.strides[1])
+    out_width = int(call.ty.shape[3])
+    return stride == 1 or (stride in UNFOLDS and out_width > LANES // 2)
 
 
 def _phase_split_rows(data: te.Tensor, kernel, strides, padding, fill=None):
@@ -649,7 +661,7 @@ class _ConvPacker(relax.PyExprMutator):
             return self.builder_.call_te(packed_conv2d_amx, data, var, strides=strides,
                                          padding=padding, out_channels=int(old.ty.shape[0]),
                                          map_shape=map_shape, primfunc_name_hint=KERNEL_NAMES[5])
-        if is_depthwise(call) and int8 and strides[1] == 1:
+        if is_depthwise(call) and int8 and unfoldable(call):
             kw = int(old.ty.shape[3])
             var = self._packed(old, pack_depthwise_weight)
             return self.builder_.call_te(packed_depthwise2d_u8s8, call.args[0], var,

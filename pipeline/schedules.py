@@ -100,7 +100,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     (depthwise: each channel tile copies its own rows inside its task).
     """
     from . import packed_conv as pc
-    from .vnni import INTRIN, INTRIN_STACK, UNFOLD
+    from .vnni import INTRIN, INTRIN_STACK, UNFOLDS
 
     conv, pack = blocks[names.index(pc.CONV_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
     # The crop and every fused elementwise op become one epilogue block: the last one.
@@ -181,15 +181,16 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         # padded rows (no checks left) with the phase innermost and unrolled: one iteration
         # reads neighbouring elements, an interleaved load group LLVM vectorizes (int8: stride
         # 1 1.5x, stride 2 1.7-3.3x; float32 1.6-2x faster than TVM's vectorized gather).
-        # uint8 stride-1 rows are then unfolded, 16 columns x 4 taps per shuffle (`UNFOLD`).
+        # uint8 rows are then unfolded, 16 columns x 4 taps per shuffle (`vnni.UNFOLDS`).
         if pc.PAD_BLOCK in names:
             pad = blocks[names.index(pc.PAD_BLOCK)]
             sch.fuse(*sch.get_loops(pad)[1:-1])
         loops = sch.get_loops(pack)[1:]  # inside the channel tile
-        if pc.UNFOLD_ATTR in sch.get(pack).annotations:  # (channel, row, group, column, 4)
+        stride = sch.get(pack).annotations.get(pc.UNFOLD_ATTR)
+        if stride is not None:  # (channel, row, group, column, 4)
             sch.fuse(*loops[:-2])
             _, column_lanes = sch.split(loops[-2], [None, pc.LANES])
-            sch.tensorize(column_lanes, UNFOLD)
+            sch.tensorize(column_lanes, UNFOLDS[int(stride)])
         elif int(sch.get(pack).iter_vars[3].dom.extent) > 1:  # (n, channel, row, phase, column)
             sch.reorder(loops[-1], loops[-2])
             sch.unroll(loops[-2])

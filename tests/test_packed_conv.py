@@ -49,6 +49,8 @@ CASES = [
     (16, 16, 7, 5, (2, 1), 2, 16),  # depthwise, rows strided only (int8: unfolded rows)
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
     (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short
+    (16, 16, 19, 3, 2, 1, 16),     # depthwise 3x3 stride 2 to 10 columns (int8: unfolded rows)
+    (8, 8, 40, 3, 2, 1, 8),        # the same to 20 columns: two column blocks per row
 ]
 
 
@@ -214,6 +216,36 @@ def test_stride_one_rows_are_copied_once_not_per_kernel_column(int8):
     rows = (1, 4, 58, 80, 4) if int8 else (1, 16, 58, 80)  # 64 columns + 2 of padding -> 80
     assert copy_shape(1) == rows
     assert copy_shape(2) == ((1, 4, 58, 3, 32, 4) if int8 else (1, 16, 58, 3, 32))
+
+
+@pytest.mark.parametrize("size,stride,kernel,columns", [
+    (20, 1, 5, None), (20, 2, 5, 10), (19, 2, 3, 10), (14, 2, 5, None), (15, 2, 3, None),
+    (20, 3, 3, None)])
+def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel, columns):
+    """uint8 depthwise convs unfold their padded rows (4 kernel columns per int32 lane) for
+    column stride 1, and for stride 2 where a row has more than 8 outputs; narrower strided
+    rows and larger strides keep the phase-split copy."""
+    import re
+
+    from pipeline.packed_conv import UNFOLD_ATTR
+
+    pad = kernel // 2
+    mod, _, weights = conv_model(True, 8, 8, size, kernel, stride, pad, 8)
+    packed, _ = specialize(mod, weights, X86, "default")
+    script = next(f for _, f in packed.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc)).script()
+    unfolds = re.findall(rf'"{re.escape(UNFOLD_ATTR)}": (\d+)', script)
+    out = (size + 2 * pad - kernel) // stride + 1
+    if stride == 1 or columns:
+        assert unfolds == [str(stride)]
+        copy = next(line for line in script.splitlines()
+                    if f"{PACK_BLOCK} = T.sblock_alloc_buffer" in line)
+        # rows x groups of 4 kernel columns x output columns rounded up to 16 x 4 taps
+        assert [int(d) for d in re.findall(r"T.int64\((\d+)\)", copy)][2:] == [
+            size + 2 * pad, -(-kernel // 4), -(-out // 16) * 16, 4]
+    else:
+        assert out <= 8 or stride > 2
+        assert unfolds == []
 
 
 def dense_model(int8: bool, k: int, n: int):
