@@ -18,7 +18,7 @@ stored in the built `model.params`):
   stride-1 convs read their input as `[C, H*W]` (a reshape: no copy) and interleave it from
   there (`packed_pointwise_u8s8`). Depthwise convs keep their weight and copy padded rows split
   by column phase; uint8 ones with column stride 1 or 2 unfold the rows instead, 4 kernel
-  columns per int32 lane (`packed_depthwise2d_u8s8`).
+  columns per int32 lane (`packed_depthwise2d_u8s8`; rows of up to 8 outputs two per vector).
 - uint8 x int8 on targets with AMX (`amx_conv`: more than 64 input and output channels, 1x1
   or stride-1 KxK): weight `[O/16, I/64, KH, KW, 16, 64]`, the same flat input copy,
   multiplied on AMX tiles (`packed_conv2d_amx`, `amx.tile_intrin`).
@@ -47,6 +47,7 @@ CONV_BLOCK = "tvmq_conv"
 DENSE_BLOCK = "tvmq_dense"
 PACK_BLOCK = "tvmq_pack"
 CROP_BLOCK = "tvmq_crop"
+ROWS_BLOCK = "tvmq_rows"  # flat sums back to rows (`FLAT_HALF_ROWS`)
 PAD_BLOCK = "tvmq_pad"
 WIDE_WEIGHT_BLOCK = "tvmq_wide_weight"
 INTERLEAVE_ATTR = "tvmq.interleave"  # the copy is 4 channels' contiguous runs, interleaved
@@ -56,6 +57,8 @@ UNFOLD_ATTR = "tvmq.unfold"  # the copy is one row's overlapping 4-column window
 VNNI_ATTR = "tvmq.vnni"  # innermost reduction = 4 uint8 x int8 products per int32 lane
 FLAT_ATTR = "tvmq.flat"  # output map laid flat: loops (n, channel, position) instead of (.., y, x)
 FLAT_PADDED = 2  # FLAT_ATTR value when the flat map runs over the padded width (p = y * WP + x)
+FLAT_HALF_ROWS = 3  # FLAT_ATTR value for rows of up to 8 outputs laid 8 apart (p = y * 8 + x)
+UNFOLD_LANES_ATTR = "tvmq.unfold_lanes"  # lanes per unfolded row, if not LANES
 ROW_ATTR = "tvmq.row"  # a flat zero-padded copy over rows of this width (y * width + x)
 RUN_ATTR = "tvmq.run"  # the copy interleaves the input's rows of this many positions in place
 AMX_ATTR = "tvmq.amx"  # AMX tiles (`amx.tile_intrin`); the value: row stride of KxK taps, or 0
@@ -448,6 +451,9 @@ def packed_depthwise2d_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding
     ow = (w + left + right - kw) // sw + 1
     owp = _ceil(ow, LANES)
     rows = h + top + bottom
+    half = LANES // 2
+    if (sh, sw) == (1, 1) and ow <= half:
+        return _depthwise_half_rows_u8s8(data, weight, padding, oh, ow)
     padded = te.compute(
         (n, c, rows, sw * owp + IC_GROUP * groups),  # what the last group's last lane reads
         lambda nn, ch, yp, xs: guarded_load(data, nn, ch, yp - top, xs - left, branch=True),
@@ -467,6 +473,42 @@ def packed_depthwise2d_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding
     return te.compute((n, c, oh, ow), lambda nn, ch, y, x: acc[nn, ch, y, x], name=CROP_BLOCK)
 
 
+def _depthwise_half_rows_u8s8(data: te.Tensor, weight: te.Tensor, padding, oh: int, ow: int):
+    """`packed_depthwise2d_u8s8` on rows of up to 8 outputs (7x7 maps), stride 1: two output
+    rows per vector, flat position p = y * 8 + x. Each padded row is unfolded to 8 lanes and
+    the rows laid end to end, so kernel row ry of the vector at p is the 16 lanes at
+    p + 8 * ry: a 7x7 map takes 4 vectors instead of 7 rows of 16 lanes, 7 of them used."""
+    n, c, h, _ = (int(d) for d in data.shape)
+    _, kh, groups, _ = (int(d) for d in weight.shape)
+    top, left, bottom, _ = padding
+    half = LANES // 2
+    positions = _ceil(oh * half, LANES)
+    rows = max(h + top + bottom, positions // half + kh - 1)  # the last vector's taps read
+    padded = te.compute(
+        (n, c, rows, half + IC_GROUP * groups),
+        lambda nn, ch, yp, xs: guarded_load(data, nn, ch, yp - top, xs - left, branch=True),
+        name=PAD_BLOCK)
+    unfolded = te.compute(
+        (n, c, groups, rows * half, IC_GROUP),
+        lambda nn, ch, g, q, t: padded[nn, ch, q // half, q % half + g * IC_GROUP + t],
+        name=PACK_BLOCK, attrs={UNFOLD_ATTR: 1, UNFOLD_LANES_ATTR: half})
+    ry, rg, rt = (te.reduce_axis((0, e), name) for e, name in (
+        (kh, "ry"), (groups, "rg"), (IC_GROUP, "rt")))
+    acc = te.compute(
+        (n, c, positions),
+        lambda nn, ch, p: te.sum(
+            unfolded[nn, ch, rg, p + ry * half, rt].astype("int32")
+            * weight[ch, ry, rg, rt].astype("int32"), axis=[ry, rg, rt]),
+        name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c), PACK_IN_TILE_ATTR: 1, VNNI_ATTR: 1,
+                                FLAT_ATTR: FLAT_HALF_ROWS})
+    # The sums as rows of 8 again, which the epilogue reads by (y, x); the schedule writes the
+    # accumulator tiles straight into them.
+    acc_rows = te.compute((n, c, positions // half, half),
+                          lambda nn, ch, r, x: acc[nn, ch, r * half + x], name=ROWS_BLOCK)
+    return te.compute((n, c, oh, ow), lambda nn, ch, y, x: acc_rows[nn, ch, y, x],
+                      name=CROP_BLOCK)
+
+
 def unfoldable(call) -> bool:
     """Whether a uint8 depthwise conv runs as `packed_depthwise2d_u8s8`: column stride 1, or 2
     over rows of more than 8 outputs. On narrower strided rows (EfficientNet-Lite0's 14 -> 7)
@@ -474,7 +516,7 @@ def unfoldable(call) -> bool:
     saves (0.86-0.95x)."""
     stride = int(call.attrs.strides[1])
     out_width = int(call.ty.shape[3])
-    return stride == 1 or (stride in UNFOLDS and out_width > LANES // 2)
+    return stride == 1 or ((LANES, stride) in UNFOLDS and out_width > LANES // 2)
 
 
 def _phase_split_rows(data: te.Tensor, kernel, strides, padding, fill=None):

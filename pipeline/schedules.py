@@ -160,6 +160,11 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     if flat == 1:
         width = int(sch.get(epilogue).iter_vars[-1].dom.extent)
         sch.transform_block_layout(epilogue, lambda n, o, y, x: (n, o, y * width + x))
+    if flat == pc.FLAT_HALF_ROWS:  # each tile stores its sums as rows of 8 (`ROWS_BLOCK`)
+        to_rows = blocks[names.index(pc.ROWS_BLOCK)]
+        half = pc.LANES // 2
+        sch.transform_block_layout(to_rows, lambda n, o, r, x: (n, o, r * half + x))
+        sch.reverse_compute_inline(to_rows)
     if flat != pc.FLAT_PADDED:
         sch.reverse_compute_at(epilogue, rows[0] if pack_in_tile and rows else outer)
     sch.unroll(oci)
@@ -186,11 +191,12 @@ def schedule_packed_conv(sch, blocks, names) -> None:
             pad = blocks[names.index(pc.PAD_BLOCK)]
             sch.fuse(*sch.get_loops(pad)[1:-1])
         loops = sch.get_loops(pack)[1:]  # inside the channel tile
-        stride = sch.get(pack).annotations.get(pc.UNFOLD_ATTR)
-        if stride is not None:  # (channel, row, group, column, 4)
+        copy_notes = sch.get(pack).annotations
+        if pc.UNFOLD_ATTR in copy_notes:  # (channel, [row,] group, column, 4)
+            lanes = int(copy_notes.get(pc.UNFOLD_LANES_ATTR, pc.LANES))
             sch.fuse(*loops[:-2])
-            _, column_lanes = sch.split(loops[-2], [None, pc.LANES])
-            sch.tensorize(column_lanes, UNFOLDS[int(stride)])
+            _, column_lanes = sch.split(loops[-2], [None, lanes])
+            sch.tensorize(column_lanes, UNFOLDS[lanes, int(copy_notes[pc.UNFOLD_ATTR])])
         elif int(sch.get(pack).iter_vars[3].dom.extent) > 1:  # (n, channel, row, phase, column)
             sch.reorder(loops[-1], loops[-2])
             sch.unroll(loops[-2])

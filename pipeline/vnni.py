@@ -16,7 +16,7 @@ for 4 whole rows of any length (a ragged end byte by byte), read straight from a
 `UNFOLD`: 19 bytes of one row -> 64 bytes [16 x 4] where lane x holds bytes x..x+3, the same
 shuffles on 4 overlapping loads: a depthwise conv's 4 neighbouring kernel taps per lane, so
 `INTRIN` multiplies 4 taps at once. `UNFOLD_STRIDE2` is the same for a column stride of 2
-(lane x holds bytes 2x..2x+3).
+(lane x holds bytes 2x..2x+3), `UNFOLD_HALF` for 8 lanes (rows of up to 8 outputs).
 
 `INTRIN_DENSE`: the same instruction the other way round, for a dense layer at batch 1: 4 input
 bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `[16 x 4]`),
@@ -158,65 +158,50 @@ def interleave_run(positions: int, padded: int) -> str:
     return name
 
 
-UNFOLD = "tvmq_unfold_16x4_u8"
+def _unfold(lanes: int, stride: int):
+    """Register and name the shuffle taking one row to `[lanes, 4]`, lane x holding
+    bytes stride*x .. stride*x+3. Stride 1: the `INTERLEAVE` pattern on 4 loads 1 byte apart;
+    stride 2: lane x is the row's 16-bit words x and x+1, i.e. word x of two loads 2 bytes
+    apart, one two-source word shuffle (`vpermt2w`)."""
+    span = stride * (lanes - 1) + 4  # bytes the lanes read
+    if stride == 1:
+        loads = [(k, lanes) for k in range(4)]  # (first byte, length)
+        indices = [k * lanes + x for x in range(lanes) for k in range(4)]
+    else:
+        assert stride == 2
+        loads = [(0, 2 * lanes), (2, 2 * lanes)]
+        indices = [2 * x + k if k < 2 else 2 * lanes + 2 * x + k - 2
+                   for x in range(lanes) for k in range(4)]
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((span,), "uint8", offset_factor=1),
+             d: T.Buffer((lanes, 4), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(a[0:span])
+            T.writes(d[0:lanes, 0:4])
+            for x, k in T.grid(lanes, 4):
+                with T.sblock("copy"):
+                    vx, vk = T.axis.remap("SS", [x, k])
+                    d[vx, vk] = a[vx * stride + vk]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((span,), "uint8", offset_factor=1),
+             d: T.Buffer((lanes, 4), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(a[0:span])
+            T.writes(d[0:lanes, 0:4])
+            d[0, T.ramp(0, 1, 4 * lanes)] = T.Shuffle(
+                [a[T.ramp(first, 1, length)] for first, length in loads], indices)
+
+    name = f"tvmq_unfold_s{stride}_{lanes}x4_u8"
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
 
 
-@T.prim_func(s_tir=True)
-def _unfold_desc(a: T.Buffer((19,), "uint8", offset_factor=1),
-                 d: T.Buffer((16, 4), "uint8", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(a[0:19])
-        T.writes(d[0:16, 0:4])
-        for x, k in T.grid(16, 4):
-            with T.sblock("copy"):
-                vx, vk = T.axis.remap("SS", [x, k])
-                d[vx, vk] = a[vx + vk]
-
-
-@T.prim_func(s_tir=True)
-def _unfold_impl(a: T.Buffer((19,), "uint8", offset_factor=1),
-                 d: T.Buffer((16, 4), "uint8", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(a[0:19])
-        T.writes(d[0:16, 0:4])
-        d[0, T.ramp(0, 1, 64)] = T.Shuffle(
-            [a[T.ramp(0, 1, 16)], a[T.ramp(1, 1, 16)], a[T.ramp(2, 1, 16)], a[T.ramp(3, 1, 16)]],
-            INTERLEAVE_4X16)
-
-
-TensorIntrin.register(UNFOLD, _unfold_desc, _unfold_impl, override=True)
-
-
-UNFOLD_STRIDE2 = "tvmq_unfold_s2_16x4_u8"
-# Lane x of a column-stride-2 window holds bytes 2x .. 2x+3: the 16-bit words x and x+1 of the
-# row, i.e. word x of two loads 2 bytes apart, one two-source word shuffle (`vpermt2w`)
-UNFOLD_S2_INDICES = [2 * x + k if k < 2 else 32 + 2 * x + k - 2 for x in range(16) for k in range(4)]
-
-
-@T.prim_func(s_tir=True)
-def _unfold_s2_desc(a: T.Buffer((34,), "uint8", offset_factor=1),
-                    d: T.Buffer((16, 4), "uint8", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(a[0:34])
-        T.writes(d[0:16, 0:4])
-        for x, k in T.grid(16, 4):
-            with T.sblock("copy"):
-                vx, vk = T.axis.remap("SS", [x, k])
-                d[vx, vk] = a[vx * 2 + vk]
-
-
-@T.prim_func(s_tir=True)
-def _unfold_s2_impl(a: T.Buffer((34,), "uint8", offset_factor=1),
-                    d: T.Buffer((16, 4), "uint8", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(a[0:34])
-        T.writes(d[0:16, 0:4])
-        d[0, T.ramp(0, 1, 64)] = T.Shuffle([a[T.ramp(0, 1, 32)], a[T.ramp(2, 1, 32)]],
-                                           UNFOLD_S2_INDICES)
-
-
-TensorIntrin.register(UNFOLD_STRIDE2, _unfold_s2_desc, _unfold_s2_impl, override=True)
-UNFOLDS = {1: UNFOLD, 2: UNFOLD_STRIDE2}  # by column stride
+UNFOLD = _unfold(16, 1)
+UNFOLD_STRIDE2 = _unfold(16, 2)
+UNFOLD_HALF = _unfold(8, 1)  # rows of up to 8 outputs, two rows per 16-lane vector
+UNFOLDS = {(16, 1): UNFOLD, (16, 2): UNFOLD_STRIDE2, (8, 1): UNFOLD_HALF}  # (lanes, stride)
 
 
 INTRIN_DENSE = "tvmq_vnni_u8bcast_s8vec_16x4"

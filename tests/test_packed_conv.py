@@ -44,8 +44,9 @@ CASES = [
     (160, 24, 32, 1, 1, 0, 1),     # the same with a long reduction (two-vector "local" tile)
     (24, 24, 17, 3, 1, 1, 24),     # depthwise
     (24, 24, 14, 5, 1, 2, 24),     # depthwise 5x5 (int8: two groups of 4 kernel columns)
-    (24, 24, 7, 5, 1, 2, 24),      # depthwise 5x5 on 7x7: rows of 7 in 16 lanes
+    (24, 24, 7, 5, 1, 2, 24),      # depthwise 5x5 on 7x7 (int8: two rows of 8 per vector)
     (8, 8, 6, 3, 1, 0, 8),         # depthwise 3x3, no padding: 4x4 output
+    (16, 16, 8, 3, 1, 1, 16),      # depthwise 3x3 on 8x8: rows of exactly 8
     (16, 16, 7, 5, (2, 1), 2, 16),  # depthwise, rows strided only (int8: unfolded rows)
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
     (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short
@@ -220,14 +221,15 @@ def test_stride_one_rows_are_copied_once_not_per_kernel_column(int8):
 
 @pytest.mark.parametrize("size,stride,kernel,columns", [
     (20, 1, 5, None), (20, 2, 5, 10), (19, 2, 3, 10), (14, 2, 5, None), (15, 2, 3, None),
-    (20, 3, 3, None)])
+    (20, 3, 3, None), (7, 1, 5, None), (9, 1, 3, None)])
 def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel, columns):
     """uint8 depthwise convs unfold their padded rows (4 kernel columns per int32 lane) for
     column stride 1, and for stride 2 where a row has more than 8 outputs; narrower strided
-    rows and larger strides keep the phase-split copy."""
+    rows and larger strides keep the phase-split copy. Stride-1 rows of up to 8 outputs are
+    unfolded to 8 lanes and laid end to end, two output rows per vector."""
     import re
 
-    from pipeline.packed_conv import UNFOLD_ATTR
+    from pipeline.packed_conv import UNFOLD_ATTR, UNFOLD_LANES_ATTR
 
     pad = kernel // 2
     mod, _, weights = conv_model(True, 8, 8, size, kernel, stride, pad, 8)
@@ -236,13 +238,21 @@ def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel, 
                   if isinstance(f, tvm.tirx.PrimFunc)).script()
     unfolds = re.findall(rf'"{re.escape(UNFOLD_ATTR)}": (\d+)', script)
     out = (size + 2 * pad - kernel) // stride + 1
-    if stride == 1 or columns:
-        assert unfolds == [str(stride)]
-        copy = next(line for line in script.splitlines()
-                    if f"{PACK_BLOCK} = T.sblock_alloc_buffer" in line)
+    lanes = re.findall(rf'"{re.escape(UNFOLD_LANES_ATTR)}": (\d+)', script)
+    copy = next((line for line in script.splitlines()
+                 if f"{PACK_BLOCK} = T.sblock_alloc_buffer" in line), "")
+    copy_shape = [int(d) for d in re.findall(r"T.int64\((\d+)\)", copy)][2:]
+    groups, rows = -(-kernel // 4), size + 2 * pad
+    if stride == 1 and out <= 8:
+        assert unfolds == ["1"] and lanes == ["8"]
+        # groups of 4 kernel columns x rows of 8 end to end (as many as the taps of the
+        # last vector of 16 read) x 4 taps
+        vectors = -(-out * 8 // 16)
+        assert copy_shape == [groups, max(rows, vectors * 2 + kernel - 1) * 8, 4]
+    elif stride == 1 or columns:
+        assert unfolds == [str(stride)] and lanes == []
         # rows x groups of 4 kernel columns x output columns rounded up to 16 x 4 taps
-        assert [int(d) for d in re.findall(r"T.int64\((\d+)\)", copy)][2:] == [
-            size + 2 * pad, -(-kernel // 4), -(-out // 16) * 16, 4]
+        assert copy_shape == [rows, groups, -(-out // 16) * 16, 4]
     else:
         assert out <= 8 or stride > 2
         assert unfolds == []
