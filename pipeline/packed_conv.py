@@ -16,7 +16,8 @@ stored in the built `model.params`):
   stride-1 rows the copy is a zero-padded input plus vector shuffles (`vnni.INTERLEAVE`).
 - 1x1 convs and small maps (`flat_maps`) use a flat position axis instead of rows; uint8 1x1
   stride-1 convs read their input as `[C, H*W]` (a reshape: no copy) and interleave it from
-  there (`packed_pointwise_u8s8`). Depthwise convs keep their weight and copy padded rows split
+  there (`packed_pointwise_u8s8`; on maps such as 7x7 output channels in lanes instead,
+  `packed_pointwise_tiles_u8s8`). Depthwise convs keep their weight and copy padded rows split
   by column phase; uint8 ones with column stride 1 or 2 unfold the rows instead, 4 kernel
   columns per int32 lane (`packed_depthwise2d_u8s8`; rows of up to 8 outputs two per vector).
 - uint8 x int8 on targets with AMX (`amx_conv`: more than 64 input and output channels, 1x1
@@ -61,6 +62,7 @@ FLAT_HALF_ROWS = 3  # FLAT_ATTR value for rows of up to 8 outputs laid 8 apart (
 UNFOLD_LANES_ATTR = "tvmq.unfold_lanes"  # lanes per unfolded row, if not LANES
 ROW_ATTR = "tvmq.row"  # a flat zero-padded copy over rows of this width (y * width + x)
 RUN_ATTR = "tvmq.run"  # the copy interleaves the input's rows of this many positions in place
+POSITION_TILE_ATTR = "tvmq.position_tile"  # output channels in lanes, this many positions per tile
 AMX_ATTR = "tvmq.amx"  # AMX tiles (`amx.tile_intrin`); the value: row stride of KxK taps, or 0
 
 KERNEL_NAMES = ("packed_conv2d_f32", "packed_conv2d_u8s8", "packed_depthwise2d",
@@ -306,6 +308,45 @@ def packed_pointwise_u8s8(data: te.Tensor, weight: te.Tensor, height: int, width
         name=CONV_BLOCK, attrs={TILE_ATTR: ob, FLAT_ATTR: 1, VNNI_ATTR: 1})
     return te.compute((n, ocb * ob, height, width),
                       lambda nn, o, y, x: acc[nn, o, y * width + x], name=CROP_BLOCK)
+
+
+def position_tile(call) -> int:
+    """Positions per register tile for `packed_pointwise_tiles_u8s8`, or 0: a map of fewer
+    than 64 positions that 16-lane position vectors would fill unevenly (7x7: 49 in 64 lanes)
+    and that splits into tiles of 4 to 7 positions."""
+    _, _, h, w = (int(d) for d in call.args[0].ty.shape)
+    positions = h * w
+    if positions >= 4 * LANES or positions % LANES == 0:
+        return 0
+    return next((t for t in (7, 6, 5, 4) if positions % t == 0), 0)
+
+
+def pack_pointwise_weight(weight: np.ndarray) -> np.ndarray:
+    """int8 OIHW 1x1 [O, C, 1, 1] -> [O/16, C/4, 16, 4], `pack_dense_weight`'s layout: 16
+    output channels x 4 input channels per vector (`packed_pointwise_tiles_u8s8`)."""
+    return pack_dense_weight(np.ascontiguousarray(weight[:, :, 0, 0].T), int8=True)
+
+
+def packed_pointwise_tiles_u8s8(data: te.Tensor, weight: te.Tensor, height: int, width: int,
+                                out_channels: int, tile: int):
+    """uint8 x int8 -> int32 1x1 conv of a small map viewed flat (`[N, C, H*W]`), output
+    channels in the vector lanes: each position's 4 input bytes broadcast against 16 output
+    channels x 4 weight bytes (`vnni.INTRIN_DENSE`), `tile` positions x 32 channels per
+    register tile. No lane idles on a 7x7 map, where position vectors use 49 of 64 lanes.
+
+    The input is `interleaved_in_place`'s copy `[C/4, positions, 4]`: 4 bytes per position
+    and channel group, the broadcast operand. The sums come out position-major; the epilogue
+    stores them back NCHW."""
+    n, _, positions = (int(d) for d in data.shape)
+    blocks, groups = (int(d) for d in weight.shape[:2])
+    packed = interleaved_in_place(data, _ceil(positions, LANES))
+    rc, rk = te.reduce_axis((0, groups), "rc"), te.reduce_axis((0, IC_GROUP), "rk")
+    acc = te.compute((n, positions, blocks * LANES), lambda nn, p, o: te.sum(
+        packed[nn, rc, p, rk].astype("int32")
+        * weight[o // LANES, rc, o % LANES, rk].astype("int32"), axis=[rc, rk]),
+        name=CONV_BLOCK, attrs={POSITION_TILE_ATTR: tile, VNNI_ATTR: 1})
+    return te.compute((n, out_channels, height, width),
+                      lambda nn, o, y, x: acc[nn, y * width + x, o], name=CROP_BLOCK)
 
 
 def pack_amx_weight(weight: np.ndarray) -> np.ndarray:
@@ -712,6 +753,13 @@ class _ConvPacker(relax.PyExprMutator):
         if is_depthwise(call):
             return self.builder_.call_te(packed_depthwise2d, call.args[0], old, strides=strides,
                                          padding=padding, primfunc_name_hint=KERNEL_NAMES[2])
+        if pointwise_input(call) and position_tile(call):
+            var = self._packed(old, pack_pointwise_weight)
+            flat, (h, w) = self._flat(call.args[0])
+            return self.builder_.call_te(
+                packed_pointwise_tiles_u8s8, flat, var, height=h, width=w,
+                out_channels=int(old.ty.shape[0]), tile=position_tile(call),
+                primfunc_name_hint=KERNEL_NAMES[1])
         var = self._packed(old, lambda w: pack_weight(w, int8))
         if pointwise_input(call):
             flat, (h, w) = self._flat(call.args[0])

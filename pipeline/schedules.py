@@ -314,11 +314,48 @@ def schedule_packed_dense(sch, blocks, names) -> None:
     schedule_block(sch, blocks[-1])
 
 
+def schedule_packed_pointwise_tiles(sch, blocks, names) -> None:
+    """A `packed_pointwise_tiles_u8s8` kernel: tiles of P positions x 32 output channels (two
+    16-lane vectors), accumulated in registers over all input channels, one `vpdpbusd` per
+    position, vector and 4 input channels (the position's 4 bytes broadcast); tiles in
+    parallel, each storing its finished tile NCHW through the fused epilogue."""
+    from . import packed_conv as pc
+    from .vnni import INTRIN_DENSE
+
+    conv = blocks[names.index(pc.CONV_BLOCK)]
+    for block in blocks[names.index(pc.CROP_BLOCK):-1]:
+        sch.compute_inline(block)
+    epilogue = blocks[-1]
+    tile = int(sch.get(conv).annotations[pc.POSITION_TILE_ATTR])
+    n, p, o, rc, rk = sch.get_loops(conv)
+    vectors = 2 if _extent(sch, o) % (2 * pc.LANES) == 0 else 1
+    local = sch.cache_write(conv, 0, "global")  # <= 7 x 32 int32: a stack tile, in registers
+    po, pi = sch.split(p, [None, tile])
+    ob, ov, oi = sch.split(o, [None, vectors, pc.LANES])
+    sch.reorder(n, ob, po, rc, pi, ov, oi, rk)
+    tiles = sch.fuse(n, ob, po)
+    sch.parallel(tiles)
+    sch.reverse_compute_at(local, tiles)
+    # The epilogue iterates the flat position (bijective: it covers the whole map), so its
+    # region within a tile is the tile's positions
+    width = int(sch.get(epilogue).iter_vars[-1].dom.extent)
+    sch.transform_block_layout(epilogue, lambda nn, oo, y, x: (nn, oo, y * width + x))
+    sch.reverse_compute_at(epilogue, tiles)
+    sch.unroll(pi)
+    sch.unroll(ov)
+    init = sch.decompose_reduction(conv, rc)
+    sch.tensorize(oi, INTRIN_DENSE)
+    _vectorize_inner(sch, init)
+    _vectorize_inner(sch, local)
+    _vectorize_inner(sch, epilogue)
+    _schedule_interleaved_copy(sch, blocks, names, blocks[names.index(pc.PACK_BLOCK)])
+
+
 class PackedConvSchedule(dl.ScheduleRule):
     """Schedules kernels that hold a `packed_conv` conv or dense block; leaves the rest alone."""
 
     def apply(self, func, target, _tunable):
-        from .packed_conv import AMX_ATTR, CONV_BLOCK, DENSE_BLOCK
+        from .packed_conv import AMX_ATTR, CONV_BLOCK, DENSE_BLOCK, POSITION_TILE_ATTR
 
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
@@ -330,6 +367,8 @@ class PackedConvSchedule(dl.ScheduleRule):
         try:
             if DENSE_BLOCK in names:
                 schedule_packed_dense(sch, blocks, names)
+            elif POSITION_TILE_ATTR in sch.get(blocks[names.index(CONV_BLOCK)]).annotations:
+                schedule_packed_pointwise_tiles(sch, blocks, names)
             elif AMX_ATTR in sch.get(blocks[names.index(CONV_BLOCK)]).annotations:
                 from .compile import has_amx
 

@@ -38,6 +38,9 @@ CASES = [
     (40, 64, 28, 1, 2, 0, 1),      # strided 1x1 (ResNet downsample), 14x14 flat in 208 lanes
     (240, 80, 14, 1, 1, 0, 1),     # 1x1, 14x14 flat, bias-only epilogue (see conv_model)
     (12, 16, 7, 1, 1, 0, 1),       # 1x1 on 49 positions: 3 runs of 16 read in place + 1 byte
+                                   # (int8: channels in lanes, tiles of 7 positions)
+    (32, 40, 7, 1, 1, 0, 1),       # the same, 40 outputs (one vector per tile), + residual
+    (16, 64, 5, 1, 1, 0, 1),       # 1x1 on 25 positions: tiles of 5 x two vectors
     (8, 8, 3, 1, 1, 0, 1),         # 1x1 on 9 positions: no whole run of 16, only the ragged end
     (6, 8, 10, 1, 1, 0, 1),        # 1x1, 6 channels (not a multiple of 4): the gathered copy
     (48, 16, 28, 1, 1, 0, 1),      # fewer outputs than inputs, 28x28: position blocks outer
@@ -256,6 +259,27 @@ def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel, 
     else:
         assert out <= 8 or stride > 2
         assert unfolds == []
+
+
+@pytest.mark.parametrize("size,tile", [(7, 7), (6, 6), (5, 5), (3, 0), (8, 0), (4, 0)])
+def test_int8_pointwise_conv_on_small_maps_puts_channels_in_lanes(size, tile):
+    """A uint8 1x1 conv on a map of fewer than 64 positions that 16-lane vectors would fill
+    unevenly runs output channels in lanes, tiles of 4-7 positions, weight [O/16, C/4, 16, 4];
+    maps of whole vectors (4x4, 8x8) or no such tile (3x3) keep position vectors."""
+    import re
+
+    from pipeline.packed_conv import POSITION_TILE_ATTR
+
+    mod, _, weights = conv_model(True, 32, 48, size, 1, 1, 0, 1)
+    packed, packed_weights = specialize(mod, weights, X86, "default")
+    script = next(f for _, f in packed.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc)).script()
+    tiles = re.findall(rf'"{re.escape(POSITION_TILE_ATTR)}": (\d+)', script)
+    (weight,) = [w for name, w in packed_weights.items() if name.startswith("w")]
+    if tile:
+        assert tiles == [str(tile)] and weight.shape == (3, 8, 16, 4)
+    else:
+        assert tiles == [] and weight.shape == (6, 8, 1, 1, 8, 4)
 
 
 def dense_model(int8: bool, k: int, n: int):
