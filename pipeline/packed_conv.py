@@ -482,7 +482,7 @@ def packed_depthwise2d_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding
     lane x of group g holds columns s*x+4g .. s*x+4g+3 for column stride s (the
     `vnni.UNFOLDS` shuffles). One `vpdpbusd` then multiplies 4 kernel columns for 16
     neighbouring outputs, instead of a widening multiply and an add per tap (EfficientNet-Lite0's
-    stride-1 layers 1.2-1.6x, stride-2 layers 1.3-1.5x).
+    stride-1 layers 1.2-1.6x, stride-2 layers 1.2-1.5x).
     """
     n, c, h, w = (int(d) for d in data.shape)
     _, kh, groups, _ = (int(d) for d in weight.shape)
@@ -490,11 +490,10 @@ def packed_depthwise2d_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding
     top, left, bottom, right = padding
     oh = (h + top + bottom - kh) // sh + 1
     ow = (w + left + right - kw) // sw + 1
+    if (sh, sw) == (1, 1) and ow <= LANES // 2:
+        return _depthwise_half_rows_u8s8(data, weight, padding, oh, ow)
     owp = _ceil(ow, LANES)
     rows = h + top + bottom
-    half = LANES // 2
-    if (sh, sw) == (1, 1) and ow <= half:
-        return _depthwise_half_rows_u8s8(data, weight, padding, oh, ow)
     padded = te.compute(
         (n, c, rows, sw * owp + IC_GROUP * groups),  # what the last group's last lane reads
         lambda nn, ch, yp, xs: guarded_load(data, nn, ch, yp - top, xs - left, branch=True),
@@ -753,13 +752,12 @@ class _ConvPacker(relax.PyExprMutator):
         if is_depthwise(call):
             return self.builder_.call_te(packed_depthwise2d, call.args[0], old, strides=strides,
                                          padding=padding, primfunc_name_hint=KERNEL_NAMES[2])
-        if pointwise_input(call) and position_tile(call):
+        if pointwise_input(call) and (tile := position_tile(call)):
             var = self._packed(old, pack_pointwise_weight)
             flat, (h, w) = self._flat(call.args[0])
             return self.builder_.call_te(
                 packed_pointwise_tiles_u8s8, flat, var, height=h, width=w,
-                out_channels=int(old.ty.shape[0]), tile=position_tile(call),
-                primfunc_name_hint=KERNEL_NAMES[1])
+                out_channels=int(old.ty.shape[0]), tile=tile, primfunc_name_hint=KERNEL_NAMES[1])
         var = self._packed(old, lambda w: pack_weight(w, int8))
         if pointwise_input(call):
             flat, (h, w) = self._flat(call.args[0])

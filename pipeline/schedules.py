@@ -88,6 +88,14 @@ def _vectorize_inner(sch, block) -> None:
         sch.vectorize(inner)
 
 
+def _iterate_flat_positions(sch, epilogue) -> None:
+    """Make an NCHW epilogue iterate the flat position y * W + x (bijective: it covers the
+    whole map): from (y, x) read at a flat index, `reverse_compute_at` under a block of flat
+    positions derives a wrong region (x pinned to 0)."""
+    width = int(sch.get(epilogue).iter_vars[-1].dom.extent)
+    sch.transform_block_layout(epilogue, lambda n, o, y, x: (n, o, y * width + x))
+
+
 def schedule_packed_conv(sch, blocks, names) -> None:
     """Register-tiled, parallel schedule of a `packed_conv` kernel and its fused epilogue.
 
@@ -158,8 +166,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     # map flat over its padded width (y * WP + x, garbage columns) keeps the epilogue as its
     # own parallel loop.
     if flat == 1:
-        width = int(sch.get(epilogue).iter_vars[-1].dom.extent)
-        sch.transform_block_layout(epilogue, lambda n, o, y, x: (n, o, y * width + x))
+        _iterate_flat_positions(sch, epilogue)
     if flat == pc.FLAT_HALF_ROWS:  # each tile stores its sums as rows of 8 (`ROWS_BLOCK`)
         to_rows = blocks[names.index(pc.ROWS_BLOCK)]
         half = pc.LANES // 2
@@ -336,10 +343,7 @@ def schedule_packed_pointwise_tiles(sch, blocks, names) -> None:
     tiles = sch.fuse(n, ob, po)
     sch.parallel(tiles)
     sch.reverse_compute_at(local, tiles)
-    # The epilogue iterates the flat position (bijective: it covers the whole map), so its
-    # region within a tile is the tile's positions
-    width = int(sch.get(epilogue).iter_vars[-1].dom.extent)
-    sch.transform_block_layout(epilogue, lambda nn, oo, y, x: (nn, oo, y * width + x))
+    _iterate_flat_positions(sch, epilogue)  # its region within a tile: the tile's positions
     sch.reverse_compute_at(epilogue, tiles)
     sch.unroll(pi)
     sch.unroll(ov)
