@@ -86,10 +86,12 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "defaul
         raise TvmqError(f"target.schedules='{schedules}' is invalid: use {' | '.join(SCHEDULES)}.")
     if schedules == "default" and target.kind.name == "llvm":
         from .schedules import default_pipeline
+        from .stack_scratch import PIPELINE
         from .tuning import has_records
 
         tuned = tuning_dir if has_records(tuning_dir) else None
-        return tvm.compile(mod, target, relax_pipeline=default_pipeline(target, tuned))
+        return tvm.compile(mod, target, relax_pipeline=default_pipeline(target, tuned),
+                           tir_pipeline=PIPELINE)
     return tvm.compile(mod, target)
 
 

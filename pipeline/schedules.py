@@ -17,10 +17,9 @@ from tvm.s_tir import dlight as dl
 VECTOR = (16, 8, 4, 2)
 VECTORS_PER_TILE = 2  # packed_conv register tile: channel tile x this many 16-lane vectors
 # Reductions this short (steps per tile, e.g. a 1x1 conv over 64 channels, a depthwise 3x3) keep
-# a one-vector tile on the stack instead: TVM puts a "local" tile in a heap workspace that is
-# zeroed with memset and reloaded per tile, which such tiles cannot amortize; a "global" buffer
-# under 1 KB becomes a stack alloca LLVM holds in registers (1x1, 64 channels: 230 -> 290
-# GMAC/s; a two-vector tile is exactly 1 KB, the limit, so long reductions keep "local").
+# a one-vector tile in a "global" buffer: under 1 KB, TVM makes it a stack alloca LLVM holds in
+# registers (1x1, 64 channels: 230 -> 290 GMAC/s, measured when TVM still put "local" tiles in a
+# heap workspace zeroed per tile; `stack_scratch` now moves those to the stack too).
 SHORT_REDUCTION = 32
 POSITIONS_OUTER_MIN = 28 * 28  # flat map positions; see schedule_packed_conv
 AMX_FUSED_EPILOGUE_MIN = 14 * 14  # output positions; see schedule_packed_conv_amx
@@ -172,7 +171,13 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         half = pc.LANES // 2
         sch.transform_block_layout(to_rows, lambda n, o, r, x: (n, o, r * half + x))
         sch.reverse_compute_inline(to_rows)
-    if flat != pc.FLAT_PADDED:
+    # A flat map of whole vectors (112x112, 56x56, 28x28) runs the epilogue per position
+    # block, on sums still in registers: a task no longer stores 8 channels x the whole map
+    # of int32 sums (400 KB at 112x112) and reads them back (with `stack_scratch`:
+    # EfficientNet-Lite0 int8 1.01-1.05x, ResNet50 1.02-1.03x).
+    if flat == 1 and not pos_outer and int(sch.get(epilogue).iter_vars[-1].dom.extent) == columns:
+        sch.reverse_compute_at(epilogue, xo)
+    elif flat != pc.FLAT_PADDED:
         sch.reverse_compute_at(epilogue, rows[0] if pack_in_tile and rows else outer)
     sch.unroll(oci)
     sch.unroll(xv)

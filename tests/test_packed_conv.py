@@ -35,6 +35,7 @@ CASES = [
     (4, 8, 20, 5, 1, 2, 1),        # 5x5 stride 1: kernel columns shift the row by up to 4
     (3, 16, 35, 7, 2, 3, 1),       # RGB stem, odd size, big kernel
     (32, 24, 32, 1, 1, 0, 1),      # OW 32 = two vectors per tile
+    (32, 48, 16, 1, 1, 0, 1),      # 1x1 on 16 whole vectors: epilogue per position block
     (40, 64, 28, 1, 2, 0, 1),      # strided 1x1 (ResNet downsample), 14x14 flat in 208 lanes
     (240, 80, 14, 1, 1, 0, 1),     # 1x1, 14x14 flat, bias-only epilogue (see conv_model)
     (12, 16, 7, 1, 1, 0, 1),       # 1x1 on 49 positions: 3 runs of 16 read in place + 1 byte
