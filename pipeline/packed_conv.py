@@ -490,8 +490,8 @@ def packed_depthwise2d_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding
     top, left, bottom, right = padding
     oh = (h + top + bottom - kh) // sh + 1
     ow = (w + left + right - kw) // sw + 1
-    if (sh, sw) == (1, 1) and ow <= LANES // 2:
-        return _depthwise_half_rows_u8s8(data, weight, padding, oh, ow)
+    if ow <= LANES // 2:
+        return _depthwise_half_rows_u8s8(data, weight, strides, padding, oh, ow)
     owp = _ceil(ow, LANES)
     rows = h + top + bottom
     padded = te.compute(
@@ -513,31 +513,38 @@ def packed_depthwise2d_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding
     return te.compute((n, c, oh, ow), lambda nn, ch, y, x: acc[nn, ch, y, x], name=CROP_BLOCK)
 
 
-def _depthwise_half_rows_u8s8(data: te.Tensor, weight: te.Tensor, padding, oh: int, ow: int):
-    """`packed_depthwise2d_u8s8` on rows of up to 8 outputs (7x7 maps), stride 1: two output
-    rows per vector, flat position p = y * 8 + x. Each padded row is unfolded to 8 lanes and
-    the rows laid end to end, so kernel row ry of the vector at p is the 16 lanes at
-    p + 8 * ry: a 7x7 map takes 4 vectors instead of 7 rows of 16 lanes, 7 of them used."""
+def _depthwise_half_rows_u8s8(data: te.Tensor, weight: te.Tensor, strides, padding, oh: int,
+                              ow: int):
+    """`packed_depthwise2d_u8s8` on rows of up to 8 outputs (7x7 maps): two output rows per
+    vector, flat position p = y * 8 + x. Each padded row is unfolded to 8 lanes and the rows
+    laid end to end, so kernel row ry of the vector at p is the 16 lanes at p + 8 * ry: a 7x7
+    map takes 4 vectors instead of 7 rows of 16 lanes, 7 of them used. With row stride 2 the
+    rows are laid out by phase (even rows, then odd rows): output row y reads padded row
+    2y + ry, row 2(y + ry // 2) + ry % 2, so kernel row ry is the 16 lanes at p + 8 * (ry // 2)
+    of phase ry % 2 and two neighbouring output rows stay one vector."""
     n, c, h, _ = (int(d) for d in data.shape)
     _, kh, groups, _ = (int(d) for d in weight.shape)
+    sh, sw = strides
     top, left, bottom, _ = padding
     half = LANES // 2
     positions = _ceil(oh * half, LANES)
-    rows = max(h + top + bottom, positions // half + kh - 1)  # the last vector's taps read
+    # rows per phase: the map's padded rows, and what the last vector's taps read
+    phase_rows = max(_ceil(h + top + bottom, sh) // sh, positions // half + (kh - 1) // sh)
     padded = te.compute(
-        (n, c, rows, half + IC_GROUP * groups),
+        (n, c, phase_rows * sh, sw * half + IC_GROUP * groups),
         lambda nn, ch, yp, xs: guarded_load(data, nn, ch, yp - top, xs - left, branch=True),
         name=PAD_BLOCK)
     unfolded = te.compute(
-        (n, c, groups, rows * half, IC_GROUP),
-        lambda nn, ch, g, q, t: padded[nn, ch, q // half, q % half + g * IC_GROUP + t],
-        name=PACK_BLOCK, attrs={UNFOLD_ATTR: 1, UNFOLD_LANES_ATTR: half})
+        (n, c, groups, sh, phase_rows * half, IC_GROUP),
+        lambda nn, ch, g, phase, q, t: padded[nn, ch, q // half * sh + phase,
+                                              q % half * sw + g * IC_GROUP + t],
+        name=PACK_BLOCK, attrs={UNFOLD_ATTR: sw, UNFOLD_LANES_ATTR: half})
     ry, rg, rt = (te.reduce_axis((0, e), name) for e, name in (
         (kh, "ry"), (groups, "rg"), (IC_GROUP, "rt")))
     acc = te.compute(
         (n, c, positions),
         lambda nn, ch, p: te.sum(
-            unfolded[nn, ch, rg, p + ry * half, rt].astype("int32")
+            unfolded[nn, ch, rg, ry % sh, p + ry // sh * half, rt].astype("int32")
             * weight[ch, ry, rg, rt].astype("int32"), axis=[ry, rg, rt]),
         name=CONV_BLOCK, attrs={TILE_ATTR: oc_block(c), PACK_IN_TILE_ATTR: 1, VNNI_ATTR: 1,
                                 FLAT_ATTR: FLAT_HALF_ROWS})
@@ -550,13 +557,11 @@ def _depthwise_half_rows_u8s8(data: te.Tensor, weight: te.Tensor, padding, oh: i
 
 
 def unfoldable(call) -> bool:
-    """Whether a uint8 depthwise conv runs as `packed_depthwise2d_u8s8`: column stride 1, or 2
-    over rows of more than 8 outputs. On narrower strided rows (EfficientNet-Lite0's 14 -> 7)
-    the unfolded copy, twice the padded row per group of 4 taps, costs more than `vpdpbusd`
-    saves (0.86-0.95x)."""
+    """Whether a uint8 depthwise conv runs as `packed_depthwise2d_u8s8`: column stride 1 or 2
+    (`vnni.UNFOLDS`), rows of up to 8 outputs two per vector."""
     stride = int(call.attrs.strides[1])
     out_width = int(call.ty.shape[3])
-    return stride == 1 or ((LANES, stride) in UNFOLDS and out_width > LANES // 2)
+    return (LANES // 2 if out_width <= LANES // 2 else LANES, stride) in UNFOLDS
 
 
 def _phase_split_rows(data: te.Tensor, kernel, strides, padding, fill=None):

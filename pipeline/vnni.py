@@ -201,7 +201,9 @@ def _unfold(lanes: int, stride: int):
 UNFOLD = _unfold(16, 1)
 UNFOLD_STRIDE2 = _unfold(16, 2)
 UNFOLD_HALF = _unfold(8, 1)  # rows of up to 8 outputs, two rows per 16-lane vector
-UNFOLDS = {(16, 1): UNFOLD, (16, 2): UNFOLD_STRIDE2, (8, 1): UNFOLD_HALF}  # (lanes, stride)
+UNFOLD_HALF_STRIDE2 = _unfold(8, 2)
+UNFOLDS = {(16, 1): UNFOLD, (16, 2): UNFOLD_STRIDE2, (8, 1): UNFOLD_HALF,
+           (8, 2): UNFOLD_HALF_STRIDE2}  # (lanes, stride)
 
 
 INTRIN_DENSE = "tvmq_vnni_u8bcast_s8vec_16x4"

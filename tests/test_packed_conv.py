@@ -51,7 +51,9 @@ CASES = [
     (24, 24, 7, 5, 1, 2, 24),      # depthwise 5x5 on 7x7 (int8: two rows of 8 per vector)
     (8, 8, 6, 3, 1, 0, 8),         # depthwise 3x3, no padding: 4x4 output
     (16, 16, 8, 3, 1, 1, 16),      # depthwise 3x3 on 8x8: rows of exactly 8
-    (16, 16, 7, 5, (2, 1), 2, 16),  # depthwise, rows strided only (int8: unfolded rows)
+    (16, 16, 7, 5, (2, 1), 2, 16),  # depthwise, rows strided only (int8: half rows, 2 phases)
+    (16, 16, 14, 5, 2, 2, 16),     # depthwise 5x5 stride 2 to 7x7 (int8: half rows, stride 2)
+    (16, 16, 13, 3, 2, 1, 16),     # depthwise 3x3 stride 2 to 7x7, odd input
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
     (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short
     (16, 16, 19, 3, 2, 1, 16),     # depthwise 3x3 stride 2 to 10 columns (int8: unfolded rows)
@@ -223,14 +225,14 @@ def test_stride_one_rows_are_copied_once_not_per_kernel_column(int8):
     assert copy_shape(2) == ((1, 4, 58, 3, 32, 4) if int8 else (1, 16, 58, 3, 32))
 
 
-@pytest.mark.parametrize("size,stride,kernel,columns", [
-    (20, 1, 5, None), (20, 2, 5, 10), (19, 2, 3, 10), (14, 2, 5, None), (15, 2, 3, None),
-    (20, 3, 3, None), (7, 1, 5, None), (9, 1, 3, None)])
-def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel, columns):
+@pytest.mark.parametrize("size,stride,kernel", [
+    (20, 1, 5), (20, 2, 5), (19, 2, 3), (14, 2, 5), (15, 2, 3), (20, 3, 3), (7, 1, 5),
+    (9, 1, 3)])
+def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel):
     """uint8 depthwise convs unfold their padded rows (4 kernel columns per int32 lane) for
-    column stride 1, and for stride 2 where a row has more than 8 outputs; narrower strided
-    rows and larger strides keep the phase-split copy. Stride-1 rows of up to 8 outputs are
-    unfolded to 8 lanes and laid end to end, two output rows per vector."""
+    column stride 1 and 2; larger strides keep the phase-split copy. Rows of up to 8 outputs
+    are unfolded to 8 lanes and laid end to end, two output rows per vector (with stride 2,
+    even rows then odd rows)."""
     import re
 
     from pipeline.packed_conv import UNFOLD_ATTR, UNFOLD_LANES_ATTR
@@ -247,18 +249,18 @@ def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel, 
                  if f"{PACK_BLOCK} = T.sblock_alloc_buffer" in line), "")
     copy_shape = [int(d) for d in re.findall(r"T.int64\((\d+)\)", copy)][2:]
     groups, rows = -(-kernel // 4), size + 2 * pad
-    if stride == 1 and out <= 8:
-        assert unfolds == ["1"] and lanes == ["8"]
-        # groups of 4 kernel columns x rows of 8 end to end (as many as the taps of the
-        # last vector of 16 read) x 4 taps
+    if stride <= 2 and out <= 8:
+        assert unfolds == [str(stride)] and lanes == ["8"]
+        # groups of 4 kernel columns x row phases x rows of 8 end to end (as many as the taps
+        # of the last vector of 16 read) x 4 taps
         vectors = -(-out * 8 // 16)
-        assert copy_shape == [groups, max(rows, vectors * 2 + kernel - 1) * 8, 4]
-    elif stride == 1 or columns:
+        phase_rows = max(-(-rows // stride), vectors * 2 + (kernel - 1) // stride)
+        assert copy_shape == [groups, stride, phase_rows * 8, 4]
+    elif stride <= 2:
         assert unfolds == [str(stride)] and lanes == []
         # rows x groups of 4 kernel columns x output columns rounded up to 16 x 4 taps
         assert copy_shape == [rows, groups, -(-out // 16) * 16, 4]
     else:
-        assert out <= 8 or stride > 2
         assert unfolds == []
 
 
