@@ -349,6 +349,65 @@ def packed_pointwise_tiles_u8s8(data: te.Tensor, weight: te.Tensor, height: int,
                       lambda nn, o, y, x: acc[nn, y * width + x, o], name=CROP_BLOCK)
 
 
+def conv_tile(call) -> int:
+    """Positions per register tile for `packed_conv2d_tiles_u8s8`, or 0: a uint8 KxK conv
+    (groups 1, stride 1, output channels a multiple of 16) over rows that 16-lane position
+    vectors fill unevenly (7x7 maps flat over the padded width: 49 of 64 lanes; rows of 14,
+    28, 56: 14 of 16) and that split into tiles of 4 to 7 positions. Alone against the
+    position-lane kernel: ResNet50's 3x3 convs at 7x7 1.31x, 14x14 1.13x, 28x28 1.09x, 56x56
+    1.04x; rows of 16 or 32, which fill whole vectors, 0.93-0.97x (not taken)."""
+    a = call.attrs
+    out_channels, _, kh, kw = (int(d) for d in call.args[1].ty.shape)
+    out_width = int(call.ty.shape[3])
+    if (_dtypes(call) != U8S8 or int(a.groups) != 1 or kh * kw == 1
+            or any(int(d) != 1 for d in a.strides)
+            or out_width % LANES == 0 or out_channels % LANES):
+        return 0
+    return next((t for t in (7, 6, 5, 4) if out_width % t == 0), 0)
+
+
+def pack_tile_weight(weight: np.ndarray) -> np.ndarray:
+    """int8 OIHW [O, C, KH, KW] -> [O/16, C/4, KH, KW, 16, 4] (O, C zero-padded): per kernel
+    tap, 16 output channels x 4 input channels per vector (`packed_conv2d_tiles_u8s8`)."""
+    o, i, kh, kw = weight.shape
+    padded = np.zeros((_ceil(o, LANES), _ceil(i, IC_GROUP), kh, kw), weight.dtype)
+    padded[:o, :i] = weight
+    blocks = padded.reshape(-1, LANES, padded.shape[1] // IC_GROUP, IC_GROUP, kh, kw)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
+
+
+def packed_conv2d_tiles_u8s8(data: te.Tensor, weight: te.Tensor, padding, out_channels: int,
+                             tile: int):
+    """uint8 x int8 -> int32 KxK stride-1 conv with output channels in the vector lanes, as
+    `packed_pointwise_tiles_u8s8` for 1x1 convs: tiles of `tile` neighbouring positions of
+    one output row x 32 channels; each tap broadcasts a position's 4 input bytes against 16
+    channels x 4 weight bytes. The input is the zero-padded map laid flat over its padded
+    width and interleaved by 4 channels (`[C/4, rows * WP, 4]`, as the 7x7 position-lane
+    kernel copies it), so tap (ky, kx) of output (y, x) is position (y + ky) * WP + x + kx."""
+    n, c, h, w = (int(d) for d in data.shape)
+    blocks, groups, kh, kw = (int(d) for d in weight.shape[:4])
+    top, left, bottom, right = padding
+    wp, rows = w + left + right, h + top + bottom
+    oh, ow = rows - kh + 1, wp - kw + 1
+    length = _ceil(rows * wp, LANES)
+    padded = te.compute(
+        (n, 1, groups * IC_GROUP, length),
+        lambda nn, _, ch, q: guarded_load(data, nn, ch, q // wp - top, q % wp - left,
+                                          branch=True),
+        name=PAD_BLOCK, attrs={ROW_ATTR: wp})
+    packed = te.compute((n, groups, length, IC_GROUP),
+                        lambda nn, cb, q, i: padded[nn, 0, cb * IC_GROUP + i, q],
+                        name=PACK_BLOCK, attrs={INTERLEAVE_ATTR: 1})
+    rc, ry, rx, rk = (te.reduce_axis((0, e), name) for e, name in (
+        (groups, "rc"), (kh, "ry"), (kw, "rx"), (IC_GROUP, "rk")))
+    acc = te.compute((n, oh * ow, blocks * LANES), lambda nn, p, o: te.sum(
+        packed[nn, rc, (p // ow + ry) * wp + p % ow + rx, rk].astype("int32")
+        * weight[o // LANES, rc, ry, rx, o % LANES, rk].astype("int32"), axis=[rc, ry, rx, rk]),
+        name=CONV_BLOCK, attrs={POSITION_TILE_ATTR: tile, VNNI_ATTR: 1})
+    return te.compute((n, out_channels, oh, ow),
+                      lambda nn, o, y, x: acc[nn, y * ow + x, o], name=CROP_BLOCK)
+
+
 def pack_amx_weight(weight: np.ndarray) -> np.ndarray:
     """int8 OIHW -> [O/16, I/64, KH, KW, 16, 64] (O zero-padded to 32, I to 64): per 16 output
     channels, 64 input channels and tap, AMX's A tile (row = output channel)."""
@@ -762,6 +821,11 @@ class _ConvPacker(relax.PyExprMutator):
             flat, (h, w) = self._flat(call.args[0])
             return self.builder_.call_te(
                 packed_pointwise_tiles_u8s8, flat, var, height=h, width=w,
+                out_channels=int(old.ty.shape[0]), tile=tile, primfunc_name_hint=KERNEL_NAMES[1])
+        if int8 and (tile := conv_tile(call)):
+            var = self._packed(old, pack_tile_weight)
+            return self.builder_.call_te(
+                packed_conv2d_tiles_u8s8, call.args[0], var, padding=padding,
                 out_channels=int(old.ty.shape[0]), tile=tile, primfunc_name_hint=KERNEL_NAMES[1])
         var = self._packed(old, lambda w: pack_weight(w, int8))
         if pointwise_input(call):

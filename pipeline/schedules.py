@@ -339,12 +339,12 @@ def schedule_packed_pointwise_tiles(sch, blocks, names) -> None:
         sch.compute_inline(block)
     epilogue = blocks[-1]
     tile = int(sch.get(conv).annotations[pc.POSITION_TILE_ATTR])
-    n, p, o, rc, rk = sch.get_loops(conv)
+    n, p, o, rc, *taps, rk = sch.get_loops(conv)  # taps: (ry, rx) of a KxK conv
     vectors = 2 if _extent(sch, o) % (2 * pc.LANES) == 0 else 1
     local = sch.cache_write(conv, 0, "global")  # <= 7 x 32 int32: a stack tile, in registers
     po, pi = sch.split(p, [None, tile])
     ob, ov, oi = sch.split(o, [None, vectors, pc.LANES])
-    sch.reorder(n, ob, po, rc, pi, ov, oi, rk)
+    sch.reorder(n, ob, po, rc, *taps, pi, ov, oi, rk)
     tiles = sch.fuse(n, ob, po)
     sch.parallel(tiles)
     sch.reverse_compute_at(local, tiles)

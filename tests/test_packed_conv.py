@@ -31,6 +31,8 @@ CASES = [
     (20, 16, 14, 3, 2, 1, 1),      # strided to a 7x7 flat map, channels not a multiple of 8
     (6, 12, 9, 3, 2, 1, 1),        # in channels not a multiple of 4, out not of 8
     (6, 8, 12, 3, 1, 1, 1),        # stride-1 rows (padded copy + shuffles), 6 channels
+    (32, 48, 28, 3, 1, 1, 1),      # rows of 28 (int8: channels in lanes, one vector per tile)
+    (12, 32, 10, 5, 1, 2, 1),      # 5x5 over rows of 10 (int8: channels in lanes, tiles of 5)
     (8, 16, 40, 3, 1, 1, 1),       # stride-1 rows over 3 vectors: shifted reads cross vectors
     (4, 8, 20, 5, 1, 2, 1),        # 5x5 stride 1: kernel columns shift the row by up to 4
     (3, 16, 35, 7, 2, 3, 1),       # RGB stem, odd size, big kernel
@@ -283,6 +285,31 @@ def test_int8_pointwise_conv_on_small_maps_puts_channels_in_lanes(size, tile):
         assert tiles == [str(tile)] and weight.shape == (3, 8, 16, 4)
     else:
         assert tiles == [] and weight.shape == (6, 8, 1, 1, 8, 4)
+
+
+@pytest.mark.parametrize("size,kernel,out,stride,tile", [
+    (7, 3, 48, 1, 7), (14, 3, 48, 1, 7), (28, 3, 48, 1, 7), (40, 3, 48, 1, 5), (14, 5, 32, 1, 7),
+    (16, 3, 48, 1, 0), (32, 3, 48, 1, 0), (14, 3, 24, 1, 0), (9, 3, 48, 1, 0), (28, 3, 48, 2, 0)])
+def test_int8_kxk_conv_on_uneven_rows_puts_channels_in_lanes(size, kernel, out, stride, tile):
+    """A uint8 KxK stride-1 conv whose output rows do not fill whole 16-lane vectors (7, 14,
+    28, 40 wide) runs output channels in lanes: tiles of 4-7 positions of a row, weight
+    [O/16, C/4, KH, KW, 16, 4]. Rows of whole vectors (16, 32), outputs not a multiple of 16,
+    rows no tile divides (9) and strided convs keep position vectors."""
+    import re
+
+    from pipeline.packed_conv import POSITION_TILE_ATTR
+
+    mod, _, weights = conv_model(True, 32, out, size, kernel, stride, kernel // 2, 1)
+    packed, packed_weights = specialize(mod, weights, X86, "default")
+    script = next(f for _, f in packed.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc)).script()
+    tiles = re.findall(rf'"{re.escape(POSITION_TILE_ATTR)}": (\d+)', script)
+    (weight,) = [w for name, w in packed_weights.items() if name.startswith("w")]
+    if tile:
+        assert tiles == [str(tile)]
+        assert weight.shape == (out // 16, 8, kernel, kernel, 16, 4)
+    else:
+        assert tiles == [] and weight.shape == (out // 8, 8, kernel, kernel, 8, 4)
 
 
 def dense_model(int8: bool, k: int, n: int):
