@@ -42,7 +42,8 @@ def _stack_scratch(func: tirx.PrimFunc, limit: int) -> tirx.PrimFunc:
         if size is None or size > left[0] or _ANNOTATION in alloc.annotations:
             return alloc
         left[0] -= size
-        return tirx.AllocBuffer(alloc.buffer, {**alloc.annotations, _ANNOTATION: tirx.IntImm("int32", 1)})
+        notes = {**alloc.annotations, _ANNOTATION: tirx.IntImm("int32", 1)}
+        return tirx.AllocBuffer(alloc.buffer, notes)
 
     def in_parallel(loop):
         if loop.kind != tirx.ForKind.PARALLEL:

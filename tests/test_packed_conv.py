@@ -266,21 +266,26 @@ def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel):
         assert unfolds == []
 
 
+def _position_tiles(model):
+    """(the POSITION_TILE_ATTR values in the packed kernel, its packed weight) of a conv_model."""
+    import re
+
+    from pipeline.packed_conv import POSITION_TILE_ATTR
+
+    mod, _, weights = model
+    packed, packed_weights = specialize(mod, weights, X86, "default")
+    script = next(f for _, f in packed.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc)).script()
+    (weight,) = [w for name, w in packed_weights.items() if name.startswith("w")]
+    return re.findall(rf'"{re.escape(POSITION_TILE_ATTR)}": (\d+)', script), weight
+
+
 @pytest.mark.parametrize("size,tile", [(7, 7), (6, 6), (5, 5), (3, 0), (8, 0), (4, 0)])
 def test_int8_pointwise_conv_on_small_maps_puts_channels_in_lanes(size, tile):
     """A uint8 1x1 conv on a map of fewer than 64 positions that 16-lane vectors would fill
     unevenly runs output channels in lanes, tiles of 4-7 positions, weight [O/16, C/4, 16, 4];
     maps of whole vectors (4x4, 8x8) or no such tile (3x3) keep position vectors."""
-    import re
-
-    from pipeline.packed_conv import POSITION_TILE_ATTR
-
-    mod, _, weights = conv_model(True, 32, 48, size, 1, 1, 0, 1)
-    packed, packed_weights = specialize(mod, weights, X86, "default")
-    script = next(f for _, f in packed.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc)).script()
-    tiles = re.findall(rf'"{re.escape(POSITION_TILE_ATTR)}": (\d+)', script)
-    (weight,) = [w for name, w in packed_weights.items() if name.startswith("w")]
+    tiles, weight = _position_tiles(conv_model(True, 32, 48, size, 1, 1, 0, 1))
     if tile:
         assert tiles == [str(tile)] and weight.shape == (3, 8, 16, 4)
     else:
@@ -295,16 +300,8 @@ def test_int8_kxk_conv_on_uneven_rows_puts_channels_in_lanes(size, kernel, out, 
     28, 40 wide) runs output channels in lanes: tiles of 4-7 positions of a row, weight
     [O/16, C/4, KH, KW, 16, 4]. Rows of whole vectors (16, 32), outputs not a multiple of 16,
     rows no tile divides (9) and strided convs keep position vectors."""
-    import re
-
-    from pipeline.packed_conv import POSITION_TILE_ATTR
-
-    mod, _, weights = conv_model(True, 32, out, size, kernel, stride, kernel // 2, 1)
-    packed, packed_weights = specialize(mod, weights, X86, "default")
-    script = next(f for _, f in packed.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc)).script()
-    tiles = re.findall(rf'"{re.escape(POSITION_TILE_ATTR)}": (\d+)', script)
-    (weight,) = [w for name, w in packed_weights.items() if name.startswith("w")]
+    tiles, weight = _position_tiles(
+        conv_model(True, 32, out, size, kernel, stride, kernel // 2, 1))
     if tile:
         assert tiles == [str(tile)]
         assert weight.shape == (out // 16, 8, kernel, kernel, 16, 4)
