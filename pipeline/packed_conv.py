@@ -147,6 +147,21 @@ def guarded_load(data: te.Tensor, nn, ch, y, x, valid=True, branch: bool = False
     return tirx.Select(inside, data[nn, clamp(ch, c), clamp(y, h), clamp(x, w)], zero)
 
 
+def flat_padded_copy(data: te.Tensor, padding, channels: int, length: int) -> te.Tensor:
+    """The zero-padded map laid flat over its padded width WP, `[N, 1, channels, length]`:
+    position q is padded row q // WP, column q % WP (zeros past the map and past `data`'s
+    channels). The first step of the uint8 copies that are flat over the padded width; its
+    `ROW_ATTR` lets the schedule loop over rows and columns instead of dividing."""
+    n, _, _, w = (int(d) for d in data.shape)
+    top, left, _, right = padding
+    wp = w + left + right
+    return te.compute(
+        (n, 1, channels, length),
+        lambda nn, _, ch, q: guarded_load(data, nn, ch, q // wp - top, q % wp - left, True,
+                                          branch=True),
+        name=PAD_BLOCK, attrs={ROW_ATTR: wp})
+
+
 def flat_maps(out_width: int) -> bool:
     """Small maps (e.g. 7x7): a vector of 16 would hold one short row, mostly padding; such
     convs (and all 1x1 convs, whose copy is then just the input) lay the whole output map flat
@@ -187,10 +202,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     if padded_flat:
         pp = _ceil(oh * wp, LANES)
         length = _ceil(pp + (kh - 1) * wp + kw - 1, LANES)  # what the last tap reads
-        copy_shape, out_shape = (1, 1, length), (n, ocb * ob, pp)
-
-        def window(nn, ch, _ky, _kx, q):
-            return source(nn, ch, q // wp, q % wp, True)
+        copy_shape, out_shape = (1, 1, length), (n, ocb * ob, pp)  # `flat_padded_copy`
 
         def tap(ry, rx, out):
             return (0, 0, out[0] + ry * wp + rx)
@@ -231,9 +243,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
         # channels' 16-byte runs into 64 bytes with vector shuffles. (1x1 stride-1 convs
         # interleave their input in place: `packed_pointwise_u8s8`.)
         if padded_flat:
-            padded = te.compute((n, 1, icb * IC_GROUP, copy_shape[-1]),
-                                lambda nn, _, ch, p: window(nn, ch, 0, 0, p), name=PAD_BLOCK,
-                                attrs={ROW_ATTR: wp})
+            padded = flat_padded_copy(data, padding, icb * IC_GROUP, copy_shape[-1])
         else:
             padded = te.compute((n, copy_shape[0], icb * IC_GROUP, copy_shape[1]),
                                 lambda nn, yp, ch, xq: window(nn, ch, yp, xq), name=PAD_BLOCK)
@@ -310,6 +320,14 @@ def packed_pointwise_u8s8(data: te.Tensor, weight: te.Tensor, height: int, width
                       lambda nn, o, y, x: acc[nn, o, y * width + x], name=CROP_BLOCK)
 
 
+TILE_POSITIONS = (7, 6, 5, 4)  # channel-lane register tiles: positions x 32 channels
+
+
+def _dividing_tile(extent: int) -> int:
+    """The largest channel-lane tile that divides `extent` positions, or 0."""
+    return next((t for t in TILE_POSITIONS if extent % t == 0), 0)
+
+
 def position_tile(call) -> int:
     """Positions per register tile for `packed_pointwise_tiles_u8s8`, or 0: a map of fewer
     than 64 positions that 16-lane position vectors would fill unevenly (7x7: 49 in 64 lanes)
@@ -318,7 +336,7 @@ def position_tile(call) -> int:
     positions = h * w
     if positions >= 4 * LANES or positions % LANES == 0:
         return 0
-    return next((t for t in (7, 6, 5, 4) if positions % t == 0), 0)
+    return _dividing_tile(positions)
 
 
 def pack_pointwise_weight(weight: np.ndarray) -> np.ndarray:
@@ -363,7 +381,7 @@ def conv_tile(call) -> int:
             or any(int(d) != 1 for d in a.strides)
             or out_width % LANES == 0 or out_channels % LANES):
         return 0
-    return next((t for t in (7, 6, 5, 4) if out_width % t == 0), 0)
+    return _dividing_tile(out_width)
 
 
 def pack_tile_weight(weight: np.ndarray) -> np.ndarray:
@@ -390,11 +408,7 @@ def packed_conv2d_tiles_u8s8(data: te.Tensor, weight: te.Tensor, padding, out_ch
     wp, rows = w + left + right, h + top + bottom
     oh, ow = rows - kh + 1, wp - kw + 1
     length = _ceil(rows * wp, LANES)
-    padded = te.compute(
-        (n, 1, groups * IC_GROUP, length),
-        lambda nn, _, ch, q: guarded_load(data, nn, ch, q // wp - top, q % wp - left,
-                                          branch=True),
-        name=PAD_BLOCK, attrs={ROW_ATTR: wp})
+    padded = flat_padded_copy(data, padding, groups * IC_GROUP, length)
     packed = te.compute((n, groups, length, IC_GROUP),
                         lambda nn, cb, q, i: padded[nn, 0, cb * IC_GROUP + i, q],
                         name=PACK_BLOCK, attrs={INTERLEAVE_ATTR: 1})

@@ -174,7 +174,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     # A flat map of whole vectors (112x112, 56x56, 28x28) runs the epilogue per position
     # block, on sums still in registers: a task no longer stores 8 channels x the whole map
     # of int32 sums (400 KB at 112x112) and reads them back (with `stack_scratch`:
-    # EfficientNet-Lite0 int8 1.01-1.05x, ResNet50 1.02-1.03x).
+    # EfficientNet-Lite0 int8 1.02-1.05x, ResNet50 1.02-1.03x).
     if flat == 1 and not pos_outer and int(sch.get(epilogue).iter_vars[-1].dom.extent) == columns:
         sch.reverse_compute_at(epilogue, xo)
     elif flat != pc.FLAT_PADDED:
@@ -326,11 +326,12 @@ def schedule_packed_dense(sch, blocks, names) -> None:
     schedule_block(sch, blocks[-1])
 
 
-def schedule_packed_pointwise_tiles(sch, blocks, names) -> None:
-    """A `packed_pointwise_tiles_u8s8` kernel: tiles of P positions x 32 output channels (two
-    16-lane vectors), accumulated in registers over all input channels, one `vpdpbusd` per
-    position, vector and 4 input channels (the position's 4 bytes broadcast); tiles in
-    parallel, each storing its finished tile NCHW through the fused epilogue."""
+def schedule_packed_channel_tiles(sch, blocks, names) -> None:
+    """A `packed_pointwise_tiles_u8s8` or `packed_conv2d_tiles_u8s8` kernel: tiles of P
+    positions x 32 output channels (two 16-lane vectors), accumulated in registers over all
+    input channels (and kernel taps), one `vpdpbusd` per position, vector and 4 input channels
+    (the position's 4 bytes broadcast); tiles in parallel, each storing its finished tile NCHW
+    through the fused epilogue."""
     from . import packed_conv as pc
     from .vnni import INTRIN_DENSE
 
@@ -377,7 +378,7 @@ class PackedConvSchedule(dl.ScheduleRule):
             if DENSE_BLOCK in names:
                 schedule_packed_dense(sch, blocks, names)
             elif POSITION_TILE_ATTR in sch.get(blocks[names.index(CONV_BLOCK)]).annotations:
-                schedule_packed_pointwise_tiles(sch, blocks, names)
+                schedule_packed_channel_tiles(sch, blocks, names)
             elif AMX_ATTR in sch.get(blocks[names.index(CONV_BLOCK)]).annotations:
                 from .compile import has_amx
 
