@@ -107,7 +107,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     (depthwise: each channel tile copies its own rows inside its task).
     """
     from . import packed_conv as pc
-    from .vnni import INTRIN, INTRIN_STACK, UNFOLDS
+    from .vnni import INTRIN, INTRIN_STACK, INTRIN_UNFOLDED, UNFOLDS
 
     conv, pack = blocks[names.index(pc.CONV_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
     # The crop and every fused elementwise op become one epilogue block: the last one.
@@ -154,8 +154,13 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         sch.reverse_compute_at(local, xo)
         outer = sch.fuse(n, ocb) if pack_in_tile else sch.fuse(n, ocb, *rows)
     sch.parallel(outer)
-    if pack_in_tile:
+    copy_notes = sch.get(pack).annotations
+    in_registers = pack_in_tile and vnni and _unfold_in_registers(sch, copy_notes, red, columns)
+    if in_registers:
+        sch.compute_inline(pack)  # the conv reads the padded rows (`vnni.INTRIN_UNFOLDED`)
+    elif pack_in_tile:
         sch.compute_at(pack, outer)
+    if pack_in_tile:
         if pc.PAD_BLOCK in names:
             sch.compute_at(blocks[names.index(pc.PAD_BLOCK)], outer)
         if pc.WIDE_WEIGHT_BLOCK in names:  # the tile's taps, widened once (a stack buffer)
@@ -185,7 +190,11 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         sch.vectorize(xi)  # before decompose_reduction: a reduction block may be vectorized
     init = sch.decompose_reduction(conv, red[0])
     if vnni:
-        sch.tensorize(xi, INTRIN_STACK if on_stack else INTRIN)
+        if in_registers:
+            sch.tensorize(xi, INTRIN_UNFOLDED[int(copy_notes[pc.UNFOLD_ATTR]),
+                                              "global" if on_stack else "local"])
+        else:
+            sch.tensorize(xi, INTRIN_STACK if on_stack else INTRIN)
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
     if flat == pc.FLAT_PADDED:
@@ -202,8 +211,9 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         if pc.PAD_BLOCK in names:
             pad = blocks[names.index(pc.PAD_BLOCK)]
             sch.fuse(*sch.get_loops(pad)[1:-1])
+        if in_registers:
+            return
         loops = sch.get_loops(pack)[1:]  # inside the channel tile
-        copy_notes = sch.get(pack).annotations
         if pc.UNFOLD_ATTR in copy_notes:  # (channel, [row,] group, column, 4)
             lanes = int(copy_notes.get(pc.UNFOLD_LANES_ATTR, pc.LANES))
             sch.fuse(*loops[:-2])
@@ -218,6 +228,21 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         _schedule_interleaved_copy(sch, blocks, names, pack)
     else:
         schedule_block(sch, pack)
+
+
+def _unfold_in_registers(sch, copy_notes, red, columns: int) -> bool:
+    """Whether a depthwise conv unfolds its rows in registers instead of into a copy: 16-lane
+    rows (stride 1 or 2) of at least two vectors and one group of 4 kernel columns (3x3).
+    The copy of such a layer is large (a task's 8 channels of EfficientNet-Lite0's 112x112
+    map unfold to 408 KB), and writing it costs more than the shuffles: alone 1.06-1.16x at
+    112x112, 1.20x at 56x56, stride 2 from 112x112 1.11-1.23x. 5x5 kernels (two groups, each
+    unfold used 2.5-5 times) and rows of one vector keep the copy (0.91-1.02x)."""
+    from . import packed_conv as pc
+
+    stride = int(copy_notes.get(pc.UNFOLD_ATTR, 0))
+    lanes = int(copy_notes.get(pc.UNFOLD_LANES_ATTR, pc.LANES))
+    return (stride in (1, 2) and lanes == pc.LANES and _extent(sch, red[1]) == 1
+            and columns >= 2 * pc.LANES)
 
 
 def _schedule_interleaved_copy(sch, blocks, names, pack) -> None:

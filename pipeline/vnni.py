@@ -13,10 +13,11 @@ places on the stack (LLVM keeps it in registers); "local" ones go to a heap work
 it builds that activation layout without a byte-by-byte loop. `interleave_run` does the same
 for 4 whole rows of any length (a ragged end byte by byte), read straight from a conv's input.
 
-`UNFOLD`: 19 bytes of one row -> 64 bytes [16 x 4] where lane x holds bytes x..x+3, the same
-shuffles on 4 overlapping loads: a depthwise conv's 4 neighbouring kernel taps per lane, so
-`INTRIN` multiplies 4 taps at once. `UNFOLD_STRIDE2` is the same for a column stride of 2
-(lane x holds bytes 2x..2x+3), `UNFOLD_HALF` for 8 lanes (rows of up to 8 outputs).
+`UNFOLD`: 19 bytes of one row -> 64 bytes [16 x 4] where lane x holds bytes x..x+3 (two loads
+and two shuffles): a depthwise conv's 4 neighbouring kernel taps per lane, so `INTRIN`
+multiplies 4 taps at once. `UNFOLD_STRIDE2` is the same for a column stride of 2 (lane x holds
+bytes 2x..2x+3), `UNFOLD_HALF` for 8 lanes (rows of up to 8 outputs). `INTRIN_UNFOLDED` is
+`INTRIN` with the unfold done in registers on the row itself, no unfolded copy.
 
 `INTRIN_DENSE`: the same instruction the other way round, for a dense layer at batch 1: 4 input
 bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `[16 x 4]`),
@@ -158,12 +159,27 @@ def interleave_run(positions: int, padded: int) -> str:
     return name
 
 
-def _unfold(lanes: int, stride: int):
-    """Register and name the shuffle taking one row to `[lanes, 4]`, lane x holding
-    bytes stride*x .. stride*x+3. Stride 1: the `INTERLEAVE` pattern on 4 loads 1 byte apart;
-    stride 2: lane x is the row's 16-bit words x and x+1, i.e. word x of two loads 2 bytes
-    apart, one two-source word shuffle (`vpermt2w`)."""
-    span = stride * (lanes - 1) + 4  # bytes the lanes read
+# `_unfolded` for 16 lanes, stride 1, in steps that stay within 16-byte lanes as AVX512BW
+# shuffles do: lane L of the result (outputs 4L..4L+3: bytes 4L..4L+6 of the row) is a 16-byte
+# window of the row holding those bytes (bytes 0..15 for lanes 0-2, 3..18 for lane 3), then one
+# `vpshufb` picks each lane's bytes. A load, a broadcast load, a lane permute and the shuffle,
+# where LLVM lowers the one-shuffle form (4 loads 1 byte apart) to ~11 shuffles.
+_UNFOLD_WINDOWS = (0, 0, 0, 3)  # first byte of each lane's window
+_UNFOLD_TABLE = [4 * lane + x + k - first for lane, first in enumerate(_UNFOLD_WINDOWS)
+                 for x in range(4) for k in range(4)]
+
+
+def _unfolded(a, lanes: int, stride: int):
+    """uint8 vector [lanes x 4] whose lane x holds bytes stride*x .. stride*x+3 of `a`. Stride 1
+    on 8 lanes: 4 loads 1 byte apart, interleaved; stride 2: lane x is the row's 16-bit words x
+    and x+1, i.e. word x of two loads 2 bytes apart, one two-source word shuffle
+    (`vpermt2w`)."""
+    if (lanes, stride) == (16, 1):
+        return T.reinterpret(T.call_llvm_pure_intrin(
+            "int8x64", "llvm.x86.avx512.pshuf.b.512",
+            T.reinterpret(T.Shuffle([a[T.ramp(first, 1, 16)] for first in _UNFOLD_WINDOWS],
+                                    list(range(64))), dtype="int8x64"),
+            T.Shuffle([T.ramp(T.int8(0), T.int8(1), 64)], _UNFOLD_TABLE)), dtype="uint8x64")
     if stride == 1:
         loads = [(k, lanes) for k in range(4)]  # (first byte, length)
         indices = [k * lanes + x for x in range(lanes) for k in range(4)]
@@ -172,6 +188,13 @@ def _unfold(lanes: int, stride: int):
         loads = [(0, 2 * lanes), (2, 2 * lanes)]
         indices = [2 * x + k if k < 2 else 2 * lanes + 2 * x + k - 2
                    for x in range(lanes) for k in range(4)]
+    return T.Shuffle([a[T.ramp(first, 1, length)] for first, length in loads], indices)
+
+
+def _unfold(lanes: int, stride: int):
+    """Register and name the copy taking one row to `[lanes, 4]`, lane x holding bytes
+    stride*x .. stride*x+3 (`_unfolded`)."""
+    span = stride * (lanes - 1) + 4  # bytes the lanes read
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((span,), "uint8", offset_factor=1),
@@ -190,8 +213,7 @@ def _unfold(lanes: int, stride: int):
         with T.sblock("root"):
             T.reads(a[0:span])
             T.writes(d[0:lanes, 0:4])
-            d[0, T.ramp(0, 1, 4 * lanes)] = T.Shuffle(
-                [a[T.ramp(first, 1, length)] for first, length in loads], indices)
+            d[0, T.ramp(0, 1, 4 * lanes)] = _unfolded(a, lanes, stride)
 
     name = f"tvmq_unfold_s{stride}_{lanes}x4_u8"
     TensorIntrin.register(name, desc, impl, override=True)
@@ -204,6 +226,50 @@ UNFOLD_HALF = _unfold(8, 1)  # rows of up to 8 outputs, two rows per 16-lane vec
 UNFOLD_HALF_STRIDE2 = _unfold(8, 2)
 UNFOLDS = {(16, 1): UNFOLD, (16, 2): UNFOLD_STRIDE2, (8, 1): UNFOLD_HALF,
            (8, 2): UNFOLD_HALF_STRIDE2}  # (lanes, stride)
+
+
+def _vnni_unfolded(scope: str, stride: int):
+    """`INTRIN` on a row instead of an unfolded copy: lane x multiplies bytes
+    stride*x .. stride*x+3 of `a` (`_unfolded` in registers) by the 4 broadcast weights."""
+    span = 15 * stride + 4
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((span,), "uint8", offset_factor=1),
+             b: T.Buffer((4,), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:span], b[0:4])
+            T.writes(c[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + (T.Cast("int32", a[vi * stride + vk])
+                                     * T.Cast("int32", b[vk]))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((span,), "uint8", offset_factor=1),
+             b: T.Buffer((4,), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:span], b[0:4])
+            T.writes(c[0:16])
+            weights = T.reinterpret(
+                T.broadcast(T.reinterpret(b.vload([0], "int8x4"), dtype="int32"), 16),
+                dtype="int8x64")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                c.vload([0], dtype="int32x16"),
+                T.reinterpret(_unfolded(a, 16, stride), dtype="int8x64"), weights,
+                dtype="int32x16")
+
+    return desc, impl
+
+
+# (column stride, accumulator scope) -> the intrinsic's name
+INTRIN_UNFOLDED = {(stride, scope): f"tvmq_vnni_u8unfold_s{stride}_s8bcast_16x4_{scope}"
+                   for stride in (1, 2) for scope in ("local", "global")}
+for (_stride, _scope), _name in INTRIN_UNFOLDED.items():
+    TensorIntrin.register(_name, *_vnni_unfolded(_scope, _stride), override=True)
 
 
 INTRIN_DENSE = "tvmq_vnni_u8bcast_s8vec_16x4"

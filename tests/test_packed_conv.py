@@ -266,6 +266,29 @@ def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel):
         assert unfolds == []
 
 
+@pytest.mark.parametrize("size,stride,kernel,in_registers", [
+    (40, 1, 3, True), (40, 2, 3, True), (17, 1, 3, True), (14, 1, 3, False), (19, 2, 3, False),
+    (40, 1, 5, False), (7, 1, 3, False)])
+def test_int8_depthwise_3x3_on_wide_rows_unfolds_in_registers(size, stride, kernel,
+                                                              in_registers):
+    """A uint8 3x3 depthwise conv over rows of at least two 16-lane vectors (stride 1 or 2)
+    unfolds its padded rows in registers (`vnni.INTRIN_UNFOLDED`): its kernel has no unfolded
+    copy. 5x5 kernels, rows of one vector and half rows keep the copy."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from pipeline.schedules import PackedConvSchedule
+
+    mod, _, weights = conv_model(True, 8, 8, size, kernel, stride, kernel // 2, 8)
+    packed, _ = specialize(mod, weights, X86, "default")
+    with X86:
+        fused = tvm.transform.Sequential(cpu.legalize_passes(X86))(packed)
+    (kernel_func,) = [f for gv, f in fused.functions_items()
+                      if isinstance(f, tvm.tirx.PrimFunc) and "depthwise" in gv.name_hint]
+    script = PackedConvSchedule().apply(kernel_func, X86, False).mod["main"].script()
+    assert (PACK_BLOCK not in script) == in_registers
+    assert "vpdpbusd" in script
+
+
 def _position_tiles(model):
     """(the POSITION_TILE_ATTR values in the packed kernel, its packed weight) of a conv_model."""
     import re
