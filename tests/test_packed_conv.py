@@ -7,6 +7,8 @@ float32 sums in the same order and is compared at 1e-5.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -235,8 +237,6 @@ def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel):
     column stride 1 and 2; larger strides keep the phase-split copy. Rows of up to 8 outputs
     are unfolded to 8 lanes and laid end to end, two output rows per vector (with stride 2,
     even rows then odd rows)."""
-    import re
-
     from pipeline.packed_conv import UNFOLD_ATTR, UNFOLD_LANES_ATTR
 
     pad = kernel // 2
@@ -274,25 +274,39 @@ def test_int8_depthwise_3x3_on_wide_rows_unfolds_in_registers(size, stride, kern
     """A uint8 3x3 depthwise conv over rows of at least two 16-lane vectors (stride 1 or 2)
     unfolds its padded rows in registers (`vnni.INTRIN_UNFOLDED`): its kernel has no unfolded
     copy. 5x5 kernels, rows of one vector and half rows keep the copy."""
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from pipeline.schedules import PackedConvSchedule
-
-    mod, _, weights = conv_model(True, 8, 8, size, kernel, stride, kernel // 2, 8)
-    packed, _ = specialize(mod, weights, X86, "default")
-    with X86:
-        fused = tvm.transform.Sequential(cpu.legalize_passes(X86))(packed)
-    (kernel_func,) = [f for gv, f in fused.functions_items()
-                      if isinstance(f, tvm.tirx.PrimFunc) and "depthwise" in gv.name_hint]
-    script = PackedConvSchedule().apply(kernel_func, X86, False).mod["main"].script()
+    script = _scheduled_kernel(conv_model(True, 8, 8, size, kernel, stride, kernel // 2, 8))
     assert (PACK_BLOCK not in script) == in_registers
     assert "vpdpbusd" in script
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+@pytest.mark.parametrize("size,rest", [(14, (192, 196)), (7, None), (16, None)])
+def test_epilogue_over_a_ragged_map_runs_whole_vectors_then_the_rest(int8, size, rest):
+    """A 1x1 conv's epilogue over 196 flat positions (14x14) runs 12 vectors of 16 lanes, then
+    the last 4 positions, instead of 49 vectors of 4; maps of whole vectors (16x16) or under
+    one (7x7: channels in lanes for int8) have no such rest loop."""
+    script = _scheduled_kernel(conv_model(int8, 32, 48, size, 1, 1, 0, 1))
+    rests = re.findall(r"T.vectorized\(T.int64\((\d+)\), T.int64\((\d+)\)\)", script)
+    assert rests == ([tuple(str(p) for p in rest)] if rest else [])
+
+
+def _scheduled_kernel(model) -> str:
+    """The TIR of a conv_model's conv kernel as PackedConvSchedule schedules it."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from pipeline.schedules import PackedConvSchedule
+
+    mod, _, weights = model
+    packed, _ = specialize(mod, weights, X86, "default")
+    with X86:
+        fused = tvm.transform.Sequential(cpu.legalize_passes(X86))(packed)
+    (kernel,) = [f for gv, f in fused.functions_items()
+                 if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith("fused_packed")]
+    return PackedConvSchedule().apply(kernel, X86, False).mod["main"].script()
+
+
 def _position_tiles(model):
     """(the POSITION_TILE_ATTR values in the packed kernel, its packed weight) of a conv_model."""
-    import re
-
     from pipeline.packed_conv import POSITION_TILE_ATTR
 
     mod, _, weights = model
