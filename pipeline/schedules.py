@@ -261,8 +261,10 @@ def _unfold_in_registers(sch, copy_notes, red, columns: int) -> bool:
 
     stride = int(copy_notes.get(pc.UNFOLD_ATTR, 0))
     lanes = int(copy_notes.get(pc.UNFOLD_LANES_ATTR, pc.LANES))
-    return (stride in (1, 2) and lanes == pc.LANES and _extent(sch, red[1]) == 1
-            and columns >= 2 * pc.LANES)
+    if stride not in (1, 2) or lanes != pc.LANES or columns < 2 * pc.LANES:
+        return False
+    _, column_groups, _ = red  # kernel rows, groups of 4 kernel columns, the 4 columns
+    return _extent(sch, column_groups) == 1
 
 
 def _schedule_interleaved_copy(sch, blocks, names, pack) -> None:

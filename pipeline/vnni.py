@@ -13,11 +13,12 @@ places on the stack (LLVM keeps it in registers); "local" ones go to a heap work
 it builds that activation layout without a byte-by-byte loop. `interleave_run` does the same
 for 4 whole rows of any length (a ragged end byte by byte), read straight from a conv's input.
 
-`UNFOLD`: 19 bytes of one row -> 64 bytes [16 x 4] where lane x holds bytes x..x+3 (two loads
-and two shuffles): a depthwise conv's 4 neighbouring kernel taps per lane, so `INTRIN`
-multiplies 4 taps at once. `UNFOLD_STRIDE2` is the same for a column stride of 2 (lane x holds
-bytes 2x..2x+3), `UNFOLD_HALF` for 8 lanes (rows of up to 8 outputs). `INTRIN_UNFOLDED` is
-`INTRIN` with the unfold done in registers on the row itself, no unfolded copy.
+`UNFOLD`: 19 bytes of one row -> 64 bytes [16 x 4] where lane x holds bytes x..x+3 (a load,
+a broadcast load and two shuffles): a depthwise conv's 4 neighbouring kernel taps per lane, so
+`INTRIN` multiplies 4 taps at once. `UNFOLD_STRIDE2` is the same for a column stride of 2
+(lane x holds bytes 2x..2x+3), `UNFOLD_HALF` for 8 lanes (rows of up to 8 outputs).
+`INTRIN_UNFOLDED` is `INTRIN` with the unfold done in registers on the row itself, no
+unfolded copy.
 
 `INTRIN_DENSE`: the same instruction the other way round, for a dense layer at batch 1: 4 input
 bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `[16 x 4]`),

@@ -279,12 +279,13 @@ def test_int8_depthwise_3x3_on_wide_rows_unfolds_in_registers(size, stride, kern
     assert "vpdpbusd" in script
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
-@pytest.mark.parametrize("size,rest", [(14, (192, 196)), (7, None), (16, None)])
+@pytest.mark.parametrize("int8,size,rest", [
+    (False, 14, (192, 196)), (True, 14, (192, 196)), (False, 16, None), (True, 16, None),
+    (True, 7, None)])
 def test_epilogue_over_a_ragged_map_runs_whole_vectors_then_the_rest(int8, size, rest):
     """A 1x1 conv's epilogue over 196 flat positions (14x14) runs 12 vectors of 16 lanes, then
-    the last 4 positions, instead of 49 vectors of 4; maps of whole vectors (16x16) or under
-    one (7x7: channels in lanes for int8) have no such rest loop."""
+    the last 4 positions, instead of 49 vectors of 4; maps of whole vectors (16x16) and int8
+    7x7 maps (channels in lanes) have no such rest loop."""
     script = _scheduled_kernel(conv_model(int8, 32, 48, size, 1, 1, 0, 1))
     rests = re.findall(r"T.vectorized\(T.int64\((\d+)\), T.int64\((\d+)\)\)", script)
     assert rests == ([tuple(str(p) for p in rest)] if rest else [])
