@@ -35,6 +35,21 @@ INTRIN = "tvmq_vnni_u8vec_s8bcast_16x4"
 INTRIN_STACK = "tvmq_vnni_u8vec_s8bcast_16x4_stack"  # accumulators in a "global" (stack) tile
 
 
+def _broadcast4(buffer, dtype: str):
+    """int8x64: the 4 bytes of `buffer` (uint8 or int8) repeated in all 16 int32 lanes."""
+    return T.reinterpret(
+        T.broadcast(T.reinterpret(buffer.vload([0], f"{dtype}x4"), dtype="int32"), 16),
+        dtype="int8x64")
+
+
+def _vpdpbusd(c, unsigned, signed):
+    """`c`'s 16 int32 lanes plus, per lane, 4 products of uint8 bytes (`unsigned`, as int8x64)
+    and int8 bytes (`signed`): one `vpdpbusd`."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+        c.vload([0], dtype="int32x16"), unsigned, signed, dtype="int32x16")
+
+
 def _vnni(scope: str):
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((16, 4), "uint8", offset_factor=1),
@@ -55,15 +70,9 @@ def _vnni(scope: str):
         with T.sblock("root"):
             T.reads(c[0:16], a[0:16, 0:4], b[0:4])
             T.writes(c[0:16])
-            weights = T.reinterpret(
-                T.broadcast(T.reinterpret(b.vload([0], "int8x4"), dtype="int32"), 16),
-                dtype="int8x64")
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                c.vload([0], dtype="int32x16"),
-                T.reinterpret(a.vload([0, 0], dtype="uint8x64"), dtype="int8x64"),
-                weights,
-                dtype="int32x16")
+            weights = _broadcast4(b, "int8")
+            c[T.ramp(T.int32(0), 1, 16)] = _vpdpbusd(
+                c, T.reinterpret(a.vload([0, 0], dtype="uint8x64"), dtype="int8x64"), weights)
 
     return desc, impl
 
@@ -254,14 +263,9 @@ def _vnni_unfolded(scope: str, stride: int):
         with T.sblock("root"):
             T.reads(c[0:16], a[0:span], b[0:4])
             T.writes(c[0:16])
-            weights = T.reinterpret(
-                T.broadcast(T.reinterpret(b.vload([0], "int8x4"), dtype="int32"), 16),
-                dtype="int8x64")
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                c.vload([0], dtype="int32x16"),
-                T.reinterpret(_unfolded(a, 16, stride), dtype="int8x64"), weights,
-                dtype="int32x16")
+            weights = _broadcast4(b, "int8")
+            c[T.ramp(T.int32(0), 1, 16)] = _vpdpbusd(
+                c, T.reinterpret(_unfolded(a, 16, stride), dtype="int8x64"), weights)
 
     return desc, impl
 
@@ -296,15 +300,8 @@ def _dense_impl(a: T.Buffer((4,), "uint8", offset_factor=1),
     with T.sblock("root"):
         T.reads(c[0:16], a[0:4], b[0:16, 0:4])
         T.writes(c[0:16])
-        inputs = T.reinterpret(
-            T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
-            dtype="int8x64")
-        c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            c.vload([0], dtype="int32x16"),
-            inputs,
-            b.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16")
+        inputs = _broadcast4(a, "uint8")
+        c[T.ramp(T.int32(0), 1, 16)] = _vpdpbusd(c, inputs, b.vload([0, 0], dtype="int8x64"))
 
 
 TensorIntrin.register(INTRIN_DENSE, _dense_desc, _dense_impl, override=True)
