@@ -49,6 +49,8 @@ CASES = [
     (8, 8, 3, 1, 1, 0, 1),         # 1x1 on 9 positions: no whole run of 16, only the ragged end
     (6, 8, 10, 1, 1, 0, 1),        # 1x1, 6 channels (not a multiple of 4): the gathered copy
     (48, 16, 28, 1, 1, 0, 1),      # fewer outputs than inputs, 28x28: position blocks outer
+                                   # (int8: each interleaves its own input block)
+    (16, 64, 28, 1, 1, 0, 1),      # a small expansion: int8 position blocks outer too
     (160, 24, 32, 1, 1, 0, 1),     # the same with a long reduction (two-vector "local" tile)
     (24, 24, 17, 3, 1, 1, 24),     # depthwise
     (24, 24, 14, 5, 1, 2, 24),     # depthwise 5x5 (int8: two groups of 4 kernel columns)
@@ -289,6 +291,19 @@ def test_epilogue_over_a_ragged_map_runs_whole_vectors_then_the_rest(int8, size,
     script = _scheduled_kernel(conv_model(int8, 32, 48, size, 1, 1, 0, 1))
     rests = re.findall(r"T.vectorized\(T.int64\((\d+)\), T.int64\((\d+)\)\)", script)
     assert rests == ([tuple(str(p) for p in rest)] if rest else [])
+
+
+@pytest.mark.parametrize("c,o,size,in_task", [
+    (48, 16, 28, True), (16, 64, 28, True), (40, 240, 28, True), (80, 480, 28, False),
+    (16, 96, 112, False), (48, 16, 30, False)])
+def test_int8_position_blocks_interleave_their_own_input(c, o, size, in_task):
+    """A uint8 1x1 conv over a map of whole vectors whose position blocks run outer (fewer
+    outputs than inputs, or a small expansion: 40 -> 240 at 28x28) interleaves each block's
+    input inside that block's task: one parallel loop, no pass over the whole input first.
+    Larger expansions (38 KB of weight; 1.2 MB of output at 112x112) keep channel tiles outer,
+    and a ragged map (900 positions) the separate copy."""
+    script = _scheduled_kernel(conv_model(True, c, o, size, 1, 1, 0, 1))
+    assert script.count("T.parallel(") == (1 if in_task else 2)
 
 
 def _scheduled_kernel(model) -> str:
