@@ -127,24 +127,33 @@ def packed_dense(data: te.Tensor, weight: te.Tensor, columns: int):
     return te.compute((m, columns), lambda mm, n: acc[mm, n], name=CROP_BLOCK)
 
 
-def guarded_load(data: te.Tensor, nn, ch, y, x, valid=True, branch: bool = False, fill=None):
-    """data[nn, ch, y, x] where (ch, y, x) is inside `data` and `valid`, else 0 (or `fill`).
+def guarded_load(data: te.Tensor, nn, ch, y, x, valid=True, branch: bool = False, fill=None,
+                 channels_last: bool = False):
+    """data[nn, ch, y, x] where (ch, y, x) is inside `data` and `valid`, else 0 (or `fill`);
+    with `channels_last`, `data` is NHWC and the element is data[nn, y, x, ch].
 
     By default without a branch: the indices are clamped into range and the value selected, so
     the float conv copies vectorize (fp32 convs 1.5x faster on EfficientNet-Lite0). `branch`
     keeps if-then-else: faster for the uint8 copies and all depthwise copies, whose schedule
     leaves a contiguous row loop to LLVM, which vectorizes it with masked loads.
     """
-    _, c, h, w = (int(d) for d in data.shape)
+    if channels_last:
+        _, h, w, c = (int(d) for d in data.shape)
+    else:
+        _, c, h, w = (int(d) for d in data.shape)
     inside = tirx.all(y >= 0, y < h, x >= 0, x < w, ch < c, valid)
     zero = tirx.const(0 if fill is None else fill, data.dtype)
+
+    def load(ch, y, x):
+        return data[nn, y, x, ch] if channels_last else data[nn, ch, y, x]
+
     if branch:
-        return tirx.if_then_else(inside, data[nn, ch, y, x], zero)
+        return tirx.if_then_else(inside, load(ch, y, x), zero)
 
     def clamp(v, extent):
         return tirx.max(tirx.min(v, extent - 1), 0)
 
-    return tirx.Select(inside, data[nn, clamp(ch, c), clamp(y, h), clamp(x, w)], zero)
+    return tirx.Select(inside, load(clamp(ch, c), clamp(y, h), clamp(x, w)), zero)
 
 
 def flat_padded_copy(data: te.Tensor, padding, channels: int, length: int) -> te.Tensor:
@@ -170,15 +179,23 @@ def flat_maps(out_width: int) -> bool:
     return 4 * out_width < 3 * _ceil(out_width, LANES)
 
 
-def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bool):
+def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bool,
+                  channels_last: bool = False):
     """NCHW conv2d from a packed weight; output NCHW (float32, or int32 for uint8 x int8).
+    With `channels_last` the input is NHWC (a model's image input; float32 only): the copy
+    transposes it.
 
     The input copy is `[C, H+pad, OWp+KW-1 (rounded up to 16)]` for stride 1 (kernel column
     kx reads the padded row from column x + kx), `[C, H+pad, KW, OWp]` for strided rows, or for
     `flat_maps` `[C, KH, KW, OH*OW rounded up to 16]`; uint8 adds an innermost axis of 4 input
     channels. Either way the 16 lanes of a vector are neighbouring outputs.
     """
-    n, c, h, w = (int(d) for d in data.shape)
+    if channels_last and int8:
+        raise ValueError("packed_conv2d: channels_last is for float32 inputs")
+    if channels_last:
+        n, h, w, c = (int(d) for d in data.shape)
+    else:
+        n, c, h, w = (int(d) for d in data.shape)
     ocb, icb, kh, kw, ob = (int(d) for d in weight.shape[:5])
     sh, sw = strides
     top, left, bottom, right = padding
@@ -188,7 +205,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
 
     def source(nn, ch, y, x, valid):
         y, x = y - top, x - left
-        return guarded_load(data, nn, ch, y, x, valid, branch=int8)
+        return guarded_load(data, nn, ch, y, x, valid, branch=int8, channels_last=channels_last)
 
     # uint8, stride 1, small maps (7x7): the output laid flat over the padded width
     # (p = y * WP + x, columns x >= OW discarded), so kernel tap (ky, kx) reads the zero-padded
@@ -846,9 +863,25 @@ class _ConvPacker(relax.PyExprMutator):
             flat, (h, w) = self._flat(call.args[0])
             return self.builder_.call_te(packed_pointwise_u8s8, flat, var, height=h, width=w,
                                          primfunc_name_hint=KERNEL_NAMES[1])
+        data, channels_last = call.args[0], False
+        if not int8 and (nhwc := self._nhwc_source(data)) is not None:
+            data, channels_last = nhwc, True
         return self.builder_.call_te(
-            packed_conv2d, call.args[0], var, strides=strides, padding=padding, int8=int8,
-            primfunc_name_hint=KERNEL_NAMES[int8])
+            packed_conv2d, data, var, strides=strides, padding=padding, int8=int8,
+            channels_last=channels_last, primfunc_name_hint=KERNEL_NAMES[int8])
+
+    def _nhwc_source(self, data: relax.Expr):
+        """The NHWC tensor `data` transposes (`permute_dims(x, [0, 3, 1, 2])`, as the TFLite
+        importer feeds an image input to the first conv), or None. The float conv's copy then
+        reads it directly: no transpose kernel (EfficientNet-Lite0: 50 us of ~2 ms int8)."""
+        if not isinstance(data, relax.Var):
+            return None
+        value = self.lookup_binding(data)
+        if (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.permute_dims")
+                and value.attrs.axes is not None
+                and [int(a) for a in value.attrs.axes] == [0, 3, 1, 2]):
+            return value.args[0]
+        return None
 
 
 def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: bool = True,
@@ -873,7 +906,9 @@ def pack_convolutions(mod: tvm.IRModule, weights: dict[str, np.ndarray], int8: b
         if p in used:
             params.append(p)
             new_weights[p.name] = weights[p.name]
-    new_func = relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs, func.span)
+    # a transpose the convs now read through (`_nhwc_source`) is left unused
+    body = relax.analysis.remove_all_unused(func.body)
+    new_func = relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
     packer.builder_.update_func(packer.builder_.get().get_global_var(ENTRY), new_func)
     return packer.builder_.get(), new_weights
 

@@ -68,13 +68,15 @@ CASES = [
 
 
 def conv_model(int8: bool, c, o, size, k, stride, pad, groups, residual: bool = False,
-               activation: bool = True):
+               activation: bool = True, channels_last: bool = False):
     """conv -> bias -> epilogue: ReLU (float) or shift/clip/cast to uint8 (int8), + residual;
-    activation=False stops after the bias (and the shift)."""
+    activation=False stops after the bias (and the shift). `channels_last`: the input is NHWC,
+    transposed to NCHW first (as TFLite models feed their image input)."""
     bb = relax.BlockBuilder()
     dt, wt, acc = ("uint8", "int8", "int32") if int8 else ("float32",) * 3
     out_size = (size + 2 * pad - k) // (stride if isinstance(stride, int) else stride[0]) + 1
-    x = relax.Var("x", relax.TensorType((1, c, size, size), dt))
+    x = relax.Var("x", relax.TensorType((1, size, size, c) if channels_last else (1, c, size, size),
+                                        dt))
     w = relax.Var("w", relax.TensorType((o, c // groups, k, k), wt))
     b = relax.Var("b", relax.TensorType((1, o, 1, 1), acc))
     params = [x, w, b]
@@ -83,7 +85,8 @@ def conv_model(int8: bool, c, o, size, k, stride, pad, groups, residual: bool = 
         params.append(r)
     with bb.function(ENTRY, params, attrs={"num_input": 1}):
         with bb.dataflow():
-            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=pad, groups=groups,
+            nchw = bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2])) if channels_last else x
+            y = bb.emit(relax.op.nn.conv2d(nchw, w, strides=stride, padding=pad, groups=groups,
                                            out_dtype=acc))
             y = bb.emit(relax.op.add(y, b))
             if int8:
@@ -100,14 +103,15 @@ def conv_model(int8: bool, c, o, size, k, stride, pad, groups, residual: bool = 
             y = bb.emit_output(y)
         bb.emit_func_output(y)
     rng = np.random.default_rng(c * 1000 + o)
+    shape = tuple(int(d) for d in x.ty.shape)
     if int8:
-        xs = rng.integers(0, 256, (1, c, size, size)).astype("uint8")
+        xs = rng.integers(0, 256, shape).astype("uint8")
         weights = {"w": rng.integers(-128, 128, (o, c // groups, k, k)).astype("int8"),
                    "b": rng.integers(-2000, 2000, (1, o, 1, 1)).astype("int32")}
         if residual:
             weights["r"] = rng.integers(0, 256, (1, o, out_size, out_size)).astype("uint8")
     else:
-        xs = rng.standard_normal((1, c, size, size)).astype("float32")
+        xs = rng.standard_normal(shape).astype("float32")
         weights = {"w": rng.standard_normal((o, c // groups, k, k)).astype("float32"),
                    "b": rng.standard_normal((1, o, 1, 1)).astype("float32")}
         if residual:
@@ -148,6 +152,26 @@ def test_packed_kernel_matches_generic_build(int8, case):
     kind = "packed_depthwise2d" if case[-1] > 1 else ("packed_conv2d_u8s8" if int8 else "packed_conv2d_f32")
     assert packed_kernels(built)[kind] == 1
     assert scheduled_by_packed_rule(built) == 1  # not the generic fallback
+    if int8:
+        np.testing.assert_array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_vnni
+@pytest.mark.parametrize("int8,case", [
+    (False, (3, 16, 35, 7, 2, 3, 1)), (False, (3, 32, 20, 3, 2, 1, 1)),
+    (False, (8, 16, 12, 3, 1, 1, 1)), (True, (8, 16, 12, 3, 1, 1, 1))])
+def test_conv_reads_an_nhwc_input_through_its_transpose(int8, case):
+    """A float conv fed `permute_dims(x, [0, 3, 1, 2])` of an NHWC input (a TFLite model's
+    image input) copies straight from the NHWC tensor: the transpose kernel is gone, the
+    results match the generic build. uint8 convs keep the transpose."""
+    mod, x, weights = conv_model(int8, *case, channels_last=True)
+    packed, _ = specialize(mod, weights, X86, "default")
+    assert ("permute_dims" in packed[ENTRY].script()) == int8
+    expected, _ = run(mod, weights, x, X86, "none")
+    got, built = run(mod, weights, x, X86, "default")
+    assert scheduled_by_packed_rule(built) == 1
     if int8:
         np.testing.assert_array_equal(got, expected)
     else:
