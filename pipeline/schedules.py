@@ -268,8 +268,9 @@ def _interleaves_whole_vectors(sch, pack) -> bool:
     """Whether the copy is `interleaved_in_place`'s over whole 16-position vectors: then a
     task running a block of positions can interleave just that block (`vnni.INTERLEAVE`) in
     its own loop, while it is in L1, instead of a parallel pass over the whole input first
-    (one barrier less). Inside EfficientNet-Lite0 int8: 32 -> 16 at 112x112 1.4x, 96 -> 24
-    and 144 -> 24 at 56x56 1.1-1.35x; alone 1.07-1.6x."""
+    (one barrier less). Inside EfficientNet-Lite0 int8: 32 -> 16 at 112x112 1.42-1.52x,
+    96 -> 24 and 144 -> 24 at 56x56 1.27-1.35x and 1.09-1.16x; ResNet50's 256 -> 64 at 56x56
+    1.22x, 512 -> 128 at 28x28 1.11x; alone 1.07-1.9x."""
     from . import packed_conv as pc
 
     positions = sch.get(pack).annotations.get(pc.RUN_ATTR)
