@@ -127,6 +127,15 @@ def packed_dense(data: te.Tensor, weight: te.Tensor, columns: int):
     return te.compute((m, columns), lambda mm, n: acc[mm, n], name=CROP_BLOCK)
 
 
+def _map_shape(data: te.Tensor, channels_last: bool) -> tuple[int, int, int, int]:
+    """(N, C, H, W) of an NCHW, or with `channels_last` NHWC, input."""
+    if channels_last:
+        n, h, w, c = (int(d) for d in data.shape)
+        return n, c, h, w
+    n, c, h, w = (int(d) for d in data.shape)
+    return n, c, h, w
+
+
 def guarded_load(data: te.Tensor, nn, ch, y, x, valid=True, branch: bool = False, fill=None,
                  channels_last: bool = False):
     """data[nn, ch, y, x] where (ch, y, x) is inside `data` and `valid`, else 0 (or `fill`);
@@ -137,10 +146,7 @@ def guarded_load(data: te.Tensor, nn, ch, y, x, valid=True, branch: bool = False
     keeps if-then-else: faster for the uint8 copies and all depthwise copies, whose schedule
     leaves a contiguous row loop to LLVM, which vectorizes it with masked loads.
     """
-    if channels_last:
-        _, h, w, c = (int(d) for d in data.shape)
-    else:
-        _, c, h, w = (int(d) for d in data.shape)
+    _, c, h, w = _map_shape(data, channels_last)
     inside = tirx.all(y >= 0, y < h, x >= 0, x < w, ch < c, valid)
     zero = tirx.const(0 if fill is None else fill, data.dtype)
 
@@ -192,10 +198,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     """
     if channels_last and int8:
         raise ValueError("packed_conv2d: channels_last is for float32 inputs")
-    if channels_last:
-        n, h, w, c = (int(d) for d in data.shape)
-    else:
-        n, c, h, w = (int(d) for d in data.shape)
+    n, c, h, w = _map_shape(data, channels_last)
     ocb, icb, kh, kw, ob = (int(d) for d in weight.shape[:5])
     sh, sw = strides
     top, left, bottom, right = padding

@@ -168,11 +168,10 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     # float32 1.3-2x; inside EfficientNet-Lite0, whose input then comes warm from the previous
     # kernel, 144 -> 24 at 56x56 1.18x). Maps under 28x28 leave too few blocks for the threads.
     in_channels = steps * (pc.IC_GROUP if vnni else 1)
-    in_task = (flat == 1 and not pack_in_tile and columns >= POSITIONS_OUTER_MIN
-               and _interleaves_whole_vectors(sch, pack))
-    pos_outer = (flat == 1 and not pack_in_tile and columns >= POSITIONS_OUTER_MIN
-                 and (out_channels < in_channels
-                      or in_task and _small_expansion(in_channels, out_channels, columns)))
+    large_flat_map = flat == 1 and not pack_in_tile and columns >= POSITIONS_OUTER_MIN
+    in_task = large_flat_map and _interleaves_whole_vectors(sch, pack)
+    pos_outer = large_flat_map and (out_channels < in_channels or in_task and _small_expansion(
+        in_channels, out_channels, columns))
     in_task = in_task and pos_outer
     if pos_outer:
         sch.reorder(n, xo, ocb, *red[:len(red) - len(inner_red)], oci, xv, xi, *inner_red)
