@@ -777,6 +777,50 @@ def test_zero_padding_runs_on_uint8_with_the_zero_point():
     assert np.abs(int8 - fp32).max() <= 0.05 * np.abs(fp32).max()
 
 
+@pytest.mark.parametrize("axes,keepdims", [([2, 3], True), ([-2, -1], False), ([0, 2], False)])
+def test_widening_sum_matches_numpy(axes, keepdims):
+    """uint8 summed in int32 (255 * 60 would overflow uint8 and int16 alike)."""
+    from tvm import te
+
+    from pipeline.quantize.realize import widening_sum_te
+
+    x = te.placeholder((2, 5, 6, 10), "uint8")
+    y = widening_sum_te(x, axes, keepdims)
+    kernel = tvm.compile(te.create_prim_func([x, y]), target="llvm")
+    a = np.random.default_rng(1).integers(200, 256, (2, 5, 6, 10)).astype("uint8")
+    expected = a.astype(np.int32).sum(axis=tuple(axes), keepdims=keepdims)
+    out = tvm.runtime.tensor(np.zeros(expected.shape, "int32"))
+    kernel(tvm.runtime.tensor(a), out)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_global_average_pool_sums_the_uint8_tensor():
+    """The pool's int32 sum widens each uint8 element as it reads it: after fusion, the conv
+    before it writes uint8 (an astype to int32 would fuse into the conv, which would then
+    write 4 bytes per element for the sum to read back)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    mod, weights, calibration, stats = imported("residual_pool_dense")
+    qmod, _, _, _ = quantize_with_report(mod, weights, calibration,
+                                         QConfig(skip_conv_layers=()), stats=stats)
+    sums = [b for b in bindings(qmod) if op_name(b.value) == "relax.call_tir"
+            and b.value.args[0].name_hint == "widening_sum"]
+    assert len(sums) == 1
+    (pooled,) = sums[0].value.args[1].fields
+    assert str(pooled.ty.dtype) == "uint8"
+    target = tvm.target.Target("llvm")
+    with target:
+        fused = tvm.transform.Sequential(cpu.legalize_passes(target))(qmod)
+    calls = [b for b in fused[ENTRY].body.blocks[0].bindings
+             if isinstance(b.value, relax.Call) and op_name(b.value) == "relax.call_tir"]
+    readers = [b.value.args[0].name_hint for b in calls
+               if any(a.same_as(pooled) for a in b.value.args[1].fields)]
+    assert readers == ["widening_sum"]
+    shape = [int(d) for d in pooled.ty.shape]
+    assert not [b.value.args[0].name_hint for b in calls if str(b.var.ty.dtype) == "int32"
+                and [int(d) for d in b.var.ty.shape] == shape]
+
+
 def test_float_stem_is_quantized_before_pass_through_ops_that_feed_int8_layers():
     """A layer kept in float (the default stem) whose output only reaches int8 layers through
     pass-through ops (ResNet's max pool, its zero pad folded in by the import) is quantized at
