@@ -795,9 +795,9 @@ def test_widening_sum_matches_numpy(axes, keepdims):
 
 
 def test_global_average_pool_sums_the_uint8_tensor():
-    """The pool's int32 sum widens each uint8 element as it reads it: after fusion, the conv
-    before it writes uint8 (an astype to int32 would fuse into the conv, which would then
-    write 4 bytes per element for the sum to read back)."""
+    """The pool's int32 sum widens each uint8 element as it reads it: after fusion, no kernel
+    writes an int32 copy of the pooled tensor (an astype to int32 would fuse into the kernel
+    before it, here the max pool, which would then write 4 bytes per element)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     mod, weights, calibration, stats = imported("residual_pool_dense")
