@@ -4,9 +4,10 @@ The quantizer writes an int8 layer's output as `uint8(clip(round_half_even(x) + 
 in float32 (`quantize.realize`), which LLVM compiles to a rounding instruction (`vrndscaleps`),
 the zero point, the clamp and a truncating conversion (`vcvttps2dq`). `llvm.lrint` rounds half
 to even (the default rounding mode) and converts in one instruction (`vcvtps2dq` on x86):
-clamped first to [lo - zp, hi - zp], integers, which rounding cannot leave, and the zero point
-added after in int32, it gives the same bytes with an instruction fewer per vector in the
-epilogue of every int8 layer. A residual add dequantizes a conv's output at once,
+clamped first to lo - zp, an integer, which rounding cannot cross, the zero point added after
+in int32 and the upper clamp an unsigned minimum (for hi = 255 the saturating narrowing store
+itself, `vpmovusdb`), it gives the same bytes with an instruction fewer per vector in the
+epilogue of every int8 layer, two where hi = 255 (most: a ReLU6 output's range). A residual add dequantizes a conv's output at once,
 `float32(uint8(clip(round(x) + zp, lo, hi))) - zp`: that is `clip(round(x), lo - zp, hi - zp)`
 (small integers, exact in float32), without the cast and the two zero-point additions. The
 quantized module itself keeps the portable form.
@@ -22,14 +23,20 @@ from .relax_io import ENTRY
 
 
 def round_to_uint8_te(x: te.Tensor, zero_point: int, lo: int, hi: int) -> te.Tensor:
-    """uint8(clip(round_half_even(x) + zero_point, lo, hi)), rounding and converting at once."""
-    low, high = float(lo - zero_point), float(hi - zero_point)
+    """uint8(clip(round_half_even(x) + zero_point, lo, hi)), rounding and converting at once.
+
+    Only the lower bound is clamped in float32; the upper one is an unsigned minimum of the
+    int32 result, which LLVM folds into the narrowing store when hi is 255 (`vpmovusdb`: one
+    instruction fewer per vector). Exact: the float clamp keeps the result >= lo >= 0, and
+    past int32 `lrint` gives 0x80000000 (plus the zero point, or a sum that wraps past 2^31),
+    which the unsigned minimum turns into hi, as clip does."""
+    low = float(lo - zero_point)
 
     def value(*i):
-        clamped = tirx.max(tirx.min(x(*i), tirx.const(high, "float32")),
-                           tirx.const(low, "float32"))
+        clamped = tirx.max(x(*i), tirx.const(low, "float32"))
         rounded = tirx.call_llvm_pure_intrin("int32", "llvm.lrint.i32.f32", clamped)
-        return (rounded + zero_point).astype("uint8")
+        shifted = tirx.reinterpret("uint32", rounded + zero_point)
+        return tirx.min(shifted, tirx.const(hi, "uint32")).astype("uint8")
 
     return te.compute(x.shape, value, name="round_to_uint8")
 

@@ -40,15 +40,19 @@ def run(mod, x):
     return vm[ENTRY](tvm.runtime.tensor(x)).numpy()
 
 
-@pytest.mark.parametrize("zero_point,lo,hi", [(0, 0, 255), (128, 0, 255), (3, 3, 200)])
+@pytest.mark.parametrize("zero_point,lo,hi",
+                         [(0, 0, 255), (128, 0, 255), (3, 3, 200), (250, 0, 255)])
 def test_fused_requantize_gives_the_same_bytes(zero_point, lo, hi):
-    """Halves round to even, values beyond the clamp in both directions, every zero point:
-    the fused op must match the quantizer's own ops and numpy byte for byte."""
+    """Halves round to even, values beyond the clamp in both directions, every zero point,
+    values past int32 (where the fused op's conversion overflows) and just below 2^31 (where
+    adding the zero point wraps): the fused op must match the quantizer's own ops and numpy
+    byte for byte."""
     rng = np.random.default_rng(zero_point)
     values = np.concatenate([np.arange(-6, 6) + 0.5,  # ties: -5.5 .. 5.5
                              [-1e9, 1e9, -300.5, 300.5, lo - zero_point - 0.5,
                               hi - zero_point + 0.5],
-                             rng.uniform(-400, 400, 46)]).astype(np.float32)[None]
+                             [3e9, -3e9, 2.0 ** 31, -(2.0 ** 31), 2.0 ** 31 - 128, 1e30, -1e30],
+                             rng.uniform(-400, 400, 39)]).astype(np.float32)[None]
     mod = requantize_model(zero_point, lo, hi, values.shape[1])
     fused = fuse_requantize(mod)
     assert "round_half_even" not in fused[ENTRY].script()
@@ -56,6 +60,17 @@ def test_fused_requantize_gives_the_same_bytes(zero_point, lo, hi):
     expected = np.clip(np.rint(values) + zero_point, lo, hi).astype(np.uint8)
     np.testing.assert_array_equal(run(mod, values), expected)
     np.testing.assert_array_equal(run(fused, values), expected)
+
+
+@pytest.mark.parametrize("hi,saturating", [(255, True), (200, False)])
+def test_upper_clamp_at_255_is_the_saturating_store(hi, saturating):
+    """With hi = 255 no float minimum is left: the narrowing store saturates
+    (`vpmovusdb`); a lower hi keeps an integer minimum and a plain narrowing."""
+    mod = fuse_requantize(requantize_model(0, 0, hi, 256))
+    cascadelake = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
+    asm = build(mod, cascadelake).mod.imports[0].inspect_source("asm")
+    assert "vminps" not in asm
+    assert ("vpmovusdb" in asm) == saturating
 
 
 def test_other_epilogues_are_left_alone():
