@@ -162,7 +162,9 @@ class Realizer:
         if var not in self.quants:
             qp = self.qparams(var)
             x = self.float_of(var)
-            v = self.emit(relax.op.round(relax.op.divide(x, relax.const(qp.scale, "float32"))))
+            v = self.bb.emit_te(round_half_even_te,
+                                self.emit(relax.op.divide(x, relax.const(qp.scale, "float32"))),
+                                primfunc_name_hint=ROUND_FUNC)
             v = self.emit(relax.op.add(v, relax.const(float(qp.zero_point), "float32")))
             v = self.emit(relax.op.clip(v, qp.qmin, qp.qmax))
             self.quants[var] = (self.emit(relax.op.astype(v, "uint8")), qp)
