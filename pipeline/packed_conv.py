@@ -50,6 +50,7 @@ PACK_BLOCK = "tvmq_pack"
 CROP_BLOCK = "tvmq_crop"
 ROWS_BLOCK = "tvmq_rows"  # flat sums back to rows (`FLAT_HALF_ROWS`)
 PAD_BLOCK = "tvmq_pad"
+TRANSPOSE_BLOCK = "tvmq_transpose"  # an NHWC input to NCHW rows, before `PAD_BLOCK`
 WIDE_WEIGHT_BLOCK = "tvmq_wide_weight"
 INTERLEAVE_ATTR = "tvmq.interleave"  # the copy is 4 channels' contiguous runs, interleaved
 TILE_ATTR = "tvmq.channel_tile"  # output channels per register tile, read by the schedule
@@ -245,6 +246,12 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
 
         def tap(ry, rx, out):
             return (out[0] * sh + ry, out[1] + rx)
+    elif channels_last:  # `_phase_split_rows`: [ch, row, phase, x]
+        owp = pp = _ceil(ow, LANES)
+        out_shape = (n, ocb * ob, oh, owp)
+
+        def tap(ry, rx, out):
+            return (out[0] * sh + ry, rx % sw, out[1] + rx // sw)
     else:  # copy [ch, row, kx, x]
         owp = pp = _ceil(ow, LANES)
         copy_shape, out_shape = (h + top + bottom, kw, owp), (n, ocb * ob, oh, owp)
@@ -283,7 +290,15 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
             * weight[o // ob, rc, ry, rx, o % ob, rk].astype("int32"), axis=[rc, ry, rx, rk]),
             name=CONV_BLOCK, attrs={**attrs, VNNI_ATTR: 1})
     else:
-        packed = te.compute((n, c, *copy_shape), window, name=PACK_BLOCK)
+        if channels_last and not (flat or shifted):
+            # An NHWC image input into strided rows: transposed into zero-padded rows, then
+            # split by column phase (`_phase_split_rows`), instead of a gather with a stride
+            # of 2 pixels for each kernel column.
+            nchw = te.compute((n, c, h, w), lambda nn, ch, y, x: data[nn, y, x, ch],
+                              name=TRANSPOSE_BLOCK)
+            packed, _ = _phase_split_rows(nchw, (kh, kw), strides, padding)
+        else:
+            packed = te.compute((n, c, *copy_shape), window, name=PACK_BLOCK)
         rc = te.reduce_axis((0, c), "rc")
         acc = te.compute(out_shape, lambda nn, o, *out: te.sum(
             packed[(nn, rc, *tap(ry, rx, out))] * weight[o // ob, rc, ry, rx, o % ob],
@@ -658,10 +673,11 @@ def unfoldable(call) -> bool:
 
 
 def _phase_split_rows(data: te.Tensor, kernel, strides, padding, fill=None):
-    """The copy of a per-channel sliding window (depthwise conv, pool): each padded row
-    (`fill` outside the map, default 0) split by column phase, `[N, C, H+pad, SW, OWp + ...]`
-    (one phase for stride 1), so for every tap the 16 neighbouring outputs read 16 contiguous
-    inputs: no per-tap expansion of the copy. Returns (copy, (OH, OW, OW rounded up to 16))."""
+    """The copy of a sliding window (depthwise conv, pool, a strided conv on the image input's
+    transposed rows): each padded row (`fill` outside the map, default 0) split by column
+    phase, `[N, C, H+pad, SW, OWp + ...]` (one phase for stride 1), so for every tap the 16
+    neighbouring outputs read 16 contiguous inputs: no per-tap expansion of the copy. Returns
+    (copy, (OH, OW, OW rounded up to 16))."""
     n, c, h, w = (int(d) for d in data.shape)
     kh, kw = kernel
     sh, sw = strides

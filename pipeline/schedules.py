@@ -259,8 +259,27 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         sch.tensorize(column_lanes, INTERLEAVE)
     elif pc.INTERLEAVE_ATTR in sch.get(pack).annotations:
         _schedule_interleaved_copy(sch, blocks, names, pack)
+    elif pc.TRANSPOSE_BLOCK in names:  # float32 NHWC input: `packed_conv._phase_split_rows`
+        _schedule_phase_split_nhwc(sch, *(blocks[names.index(b)] for b in (
+            pc.TRANSPOSE_BLOCK, pc.PAD_BLOCK)), pack)
     else:
         schedule_block(sch, pack)
+
+
+def _schedule_phase_split_nhwc(sch, transpose, pad, pack) -> None:
+    """The copies of an NHWC image input for a strided float conv, each a parallel loop over
+    rows whose column loop LLVM vectorizes: the transpose with the (3) channels innermost and
+    unrolled, one pixel's channels an interleaved load group; the zero padding (masked loads);
+    the phase split with the phase innermost and unrolled, as for depthwise convs."""
+    nn, ch, y, x = sch.get_loops(transpose)
+    sch.reorder(nn, y, x, ch)
+    sch.parallel(sch.fuse(nn, y))
+    sch.unroll(ch)
+    sch.parallel(sch.fuse(*sch.get_loops(pad)[:-1]))
+    *rows, phase, xq = sch.get_loops(pack)
+    sch.reorder(xq, phase)
+    sch.parallel(sch.fuse(*rows))
+    sch.unroll(phase)
 
 
 def _interleaves_whole_vectors(sch, pack) -> bool:
