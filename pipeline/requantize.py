@@ -7,7 +7,8 @@ to even (the default rounding mode) and converts in one instruction (`vcvtps2dq`
 clamped first to lo - zp, an integer, which rounding cannot cross, the zero point added after
 in int32 and the upper clamp an unsigned minimum (for hi = 255 the saturating narrowing store
 itself, `vpmovusdb`), it gives the same bytes with an instruction fewer per vector in the
-epilogue of every int8 layer, two where hi = 255 (most: a ReLU6 output's range). A residual add dequantizes a conv's output at once,
+epilogue of every int8 layer, two where hi = 255 (most: a ReLU6 output's range). A residual
+add dequantizes a conv's output at once,
 `float32(uint8(clip(round(x) + zp, lo, hi))) - zp`: that is `clip(round(x), lo - zp, hi - zp)`
 (small integers, exact in float32), without the cast and the two zero-point additions. The
 quantized module itself keeps the portable form.

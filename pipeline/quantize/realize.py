@@ -6,7 +6,8 @@ registry by op type). Layers (`units.Unit`: conv2d/matmul + bias + ReLU/ReLU6) b
 in) + a requantize epilogue (float32 multiplier, or int64 fixed point: `QConfig.requantize`)
 with the activation as a clamp. Residual adds rescale both operands, max pool runs on uint8,
 global average pool is an int32 sum of the uint8 tensor then requantize. Ops without a rule
-run in float32 between dequantize/quantize. The arithmetic is exactly `arithmetic.py`'s (tested bit for bit).
+run in float32 between dequantize/quantize. The arithmetic is exactly `arithmetic.py`'s
+(tested bit for bit).
 """
 from __future__ import annotations
 
