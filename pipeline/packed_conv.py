@@ -193,7 +193,8 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     transposes it.
 
     The input copy is `[C, H+pad, OWp+KW-1 (rounded up to 16)]` for stride 1 (kernel column
-    kx reads the padded row from column x + kx), `[C, H+pad, KW, OWp]` for strided rows, or for
+    kx reads the padded row from column x + kx), `[C, H+pad, KW, OWp]` for strided rows
+    (`_phase_split_rows`' `[C, H+pad, SW, ...]` for strided rows of an NHWC input), or for
     `flat_maps` `[C, KH, KW, OH*OW rounded up to 16]`; uint8 adds an innermost axis of 4 input
     channels. Either way the 16 lanes of a vector are neighbouring outputs.
     """
@@ -219,6 +220,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
     padded_flat = int8 and sh == sw == 1 and kh * kw > 1 and flat_maps(ow)
     flat = flat or padded_flat
     shifted = not flat and sw == 1
+    phase_split = channels_last and not (flat or shifted)  # strided rows of an NHWC input
     row_stride = wp if padded_flat else ow  # of the flat output
     if padded_flat:
         pp = _ceil(oh * wp, LANES)
@@ -246,7 +248,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
 
         def tap(ry, rx, out):
             return (out[0] * sh + ry, out[1] + rx)
-    elif channels_last:  # `_phase_split_rows`: [ch, row, phase, x]
+    elif phase_split:  # `_phase_split_rows`: [ch, row, phase, x]
         owp = pp = _ceil(ow, LANES)
         out_shape = (n, ocb * ob, oh, owp)
 
@@ -290,7 +292,7 @@ def packed_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, int8: bo
             * weight[o // ob, rc, ry, rx, o % ob, rk].astype("int32"), axis=[rc, ry, rx, rk]),
             name=CONV_BLOCK, attrs={**attrs, VNNI_ATTR: 1})
     else:
-        if channels_last and not (flat or shifted):
+        if phase_split:
             # An NHWC image input into strided rows: transposed into zero-padded rows, then
             # split by column phase (`_phase_split_rows`), instead of a gather with a stride
             # of 2 pixels for each kernel column.
