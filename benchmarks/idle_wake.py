@@ -60,7 +60,10 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, probe in probes.items():
             for mode in ("idle", "warm"):
-                settle() if mode == "idle" else probe()
+                if mode == "idle":
+                    settle()
+                else:
+                    probe()
                 start = time.perf_counter()
                 probe()
                 samples[name][mode].append((time.perf_counter() - start) * 1e6)

@@ -108,7 +108,7 @@ class Runner:
         """`x` as the entry's input: the caller's own memory where the kernels can read it (C
         order, the built dtype, 64-byte aligned as TVM's kernels assume of every buffer), else
         a copy in `_staging` (also for read-only arrays, which numpy will not export through
-        DLPack). Reading in place saves ~0.25 ms per call on a cold cache: the copy of a
+        DLPack). Reading in place saves ~0.3 ms per call on a cold cache: the copy of a
         224x224x3 float input writes 602 KB that the first kernel then reads."""
         import tvm_ffi
 
