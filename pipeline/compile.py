@@ -17,17 +17,89 @@ from .atomic import write_json
 from .errors import TvmqError
 from .relax_import import op_counts
 from .relax_io import ENTRY, num_inputs, save_params, weight_params
+from .runner import CUDA_IEEE_OPTIONS, GPU_KINDS, device_name, register_cuda_compiler
 
 LIBRARY_FILE = "model.so"
 MANIFEST_FILE = "manifest.json"
 
 
 def make_target(target_cfg: dict) -> tvm.target.Target:
-    """A TVM 0.27 target from the `target` params section (JSON-dict form)."""
-    spec = {"kind": target_cfg["kind"]}
-    if target_cfg.get("mcpu"):
-        spec["mcpu"] = target_cfg["mcpu"]
+    """A TVM 0.27 target from the `target` params section (JSON-dict form): `mcpu` for llvm,
+    `arch` (e.g. sm_90) for cuda."""
+    kind = target_cfg["kind"]
+    spec = {"kind": kind}
+    for key in ("mcpu", "arch"):
+        if target_cfg.get(key):
+            spec[key] = target_cfg[key]
+    if kind in GPU_KINDS and not spec.get("arch"):
+        raise TvmqError(f"target '{target_cfg.get('name', kind)}' (kind {kind}) needs `arch`, the "
+                        "GPU's compute capability (sm_90 for H100/H200, sm_80 for A100, sm_89 "
+                        "for L4): `-S target.arch=sm_80`.")
     return tvm.target.Target(spec)
+
+
+def is_gpu(target: tvm.target.Target) -> bool:
+    return target.kind.name in GPU_KINDS
+
+
+def compile_cuda_kernels(source: str, target: tvm.target.Target) -> bytes:
+    """GPU code for the target's `arch` from a build's CUDA source, with IEEE float arithmetic
+    (`runner.CUDA_IEEE_OPTIONS`): NVRTC where `cuda-bindings` is installed, else nvcc from a
+    CUDA toolkit. Neither needs a GPU."""
+    import importlib.util
+    import os
+    import shutil
+
+    from tvm.support import nvcc
+
+    arch = str(target.attrs["arch"])
+    if importlib.util.find_spec("cuda") and importlib.util.find_spec("cuda.bindings"):
+        return bytes(nvcc.compile_cuda(source, target_format="cubin", arch=arch,
+                                       options=CUDA_IEEE_OPTIONS, compiler="nvrtc"))
+    if not shutil.which("nvcc"):
+        raise TvmqError(f"target '{target.kind.name}' ({arch}): building needs a CUDA compiler, "
+                        "nvcc on PATH (a CUDA toolkit, e.g. /usr/local/cuda/bin) or NVRTC "
+                        "(`pip install cuda-bindings nvidia-cuda-nvrtc`); no GPU is needed.")
+    saved = os.environ.get("TVM_CUDA_NVCC_NO_FAST_MATH")
+    os.environ["TVM_CUDA_NVCC_NO_FAST_MATH"] = "1"  # TVM's nvcc call adds --use_fast_math unless
+    try:
+        with target:
+            return bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=arch,
+                                           options=CUDA_IEEE_OPTIONS, compiler="nvcc"))
+    finally:
+        if saved is None:
+            del os.environ["TVM_CUDA_NVCC_NO_FAST_MATH"]
+        else:
+            os.environ["TVM_CUDA_NVCC_NO_FAST_MATH"] = saved
+
+
+def cuda_sources(executable) -> list[str]:
+    """The CUDA source of each device module a build left uncompiled (TVM compiles at build
+    time only where its CUDA runtime is loaded, i.e. on a machine with a GPU)."""
+    sources, stack = [], [executable.mod]
+    while stack:
+        module = stack.pop()
+        stack.extend(module.imports)
+        if module.kind == "cuda":
+            source = module.inspect_source("cuda")
+            if source:
+                sources.append(source)
+    return sources
+
+
+def _export_cuda_kernels(folder: Path, executable, target: tvm.target.Target) -> list[dict]:
+    """Compile the build's CUDA source here and store the GPU code beside `model.so`, keyed by
+    the source's sha256: the GPU machine's `Runner` loads it instead of compiling (which would
+    take ~10 s per load and need NVRTC there). Compiling here also fails a bad kernel now,
+    not on the GPU machine."""
+    import hashlib
+
+    kernels = []
+    for i, source in enumerate(cuda_sources(executable)):
+        name = f"kernels{i}.{target.attrs['arch']}.bin"
+        (folder / name).write_bytes(compile_cuda_kernels(source, target))
+        kernels.append({"file": name, "sha256": hashlib.sha256(source.encode()).hexdigest()})
+    return kernels
 
 
 def _tensor_spec(name: str, ty) -> dict:
@@ -71,19 +143,34 @@ def packed_kernels(mod: tvm.IRModule) -> dict[str, int]:
 
 
 SCHEDULES = ("default", "none")
+HOW_TO_RUN = ("from tvm.runtime.vm import VirtualMachine; lib = tvm.runtime.load_module("
+              "library); dev = {device}; vm = VirtualMachine(lib, dev); p = "
+              "tvm.runtime.load_param_dict(open(params_file,'rb').read()); vm[entry]("
+              "tvm.runtime.tensor(x, dev), *[p[q['name']].copyto(dev) for q in params]).numpy()")
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "default",
-          tuning_dir: Path | None = None):
+          tuning_dir: Path | None = None, cuda_graph: bool = False):
     """relax's CPU pipeline (legalize, fuse, lower) and codegen for `target`.
 
     schedules="default" applies `schedules.PackedConvSchedule` to the `packed_conv` kernels
     (see `specialize`) and `schedules.ParallelVectorize` to every other fused kernel on llvm
     targets; kernels with a record in the MetaSchedule database `tuning_dir` (`tuning.tune`)
     get their tuned schedule instead. "none" keeps TVM's generic single-threaded loops.
+    On a GPU target "default" is TVM's own CUDA pipeline: DLight's GPU rules (matmul, GEMV,
+    reductions, and a fallback that binds any other kernel's loops to blocks and threads);
+    `cuda_graph` captures the kernel launches of a call in a CUDA graph replayed on later calls.
     """
     if schedules not in SCHEDULES:
         raise TvmqError(f"target.schedules='{schedules}' is invalid: use {' | '.join(SCHEDULES)}.")
+    if is_gpu(target):
+        if schedules != "default":
+            raise TvmqError(f"target.schedules='{schedules}' is CPU-only: GPU kernels must have "
+                            f"their loops bound to threads, so a {target.kind.name} target "
+                            "builds with schedules: default (DLight's GPU rules).")
+        register_cuda_compiler(str(target.attrs["arch"]))  # used where TVM compiles (a GPU)
+        with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": cuda_graph}):
+            return tvm.compile(mod, target)
     if schedules == "default" and target.kind.name == "llvm":
         from .schedules import default_pipeline
         from .stack_scratch import PIPELINE
@@ -144,7 +231,7 @@ def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], targ
     target = make_target(target_cfg)
     schedules = target_cfg.get("schedules", "default")
     built, weights = specialize(mod, weights, target, schedules)
-    executable = build(built, target, schedules, tuning_dir)
+    executable = build(built, target, schedules, tuning_dir, bool(target_cfg.get("cuda_graph")))
     executable.export_library(str(folder / LIBRARY_FILE))
     save_params(folder / "model.params", weights)
     func = built[ENTRY]
@@ -165,9 +252,9 @@ def export(folder: Path, mod: tvm.IRModule, weights: dict[str, np.ndarray], targ
         "ops": op_list(mod),
         "packed_conv2d": packed_kernels(built),
         "tuning": summary(tuning_dir),
-        "how_to_run": "lib = tvm.runtime.load_module(library); vm = relax.VirtualMachine(lib, "
-                      "tvm.cpu()); p = tvm.runtime.load_param_dict(open(params_file,'rb').read()); "
-                      "vm[entry](x, *[p[q['name']] for q in params])",
+        "how_to_run": HOW_TO_RUN.format(device=f"tvm.{device_name(target_cfg)}()"),
     }
+    if is_gpu(target):
+        manifest["cuda_kernels"] = _export_cuda_kernels(folder, executable, target)
     write_json(folder / MANIFEST_FILE, manifest)
     return manifest

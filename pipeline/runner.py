@@ -11,6 +11,10 @@ import numpy as np
 
 from .errors import TvmqError
 
+GPU_KINDS = ("cuda",)  # target kinds whose builds run on a GPU (the rest on the CPU)
+# CUDA compiler options, after TVM's --use_fast_math: IEEE float arithmetic (no fused multiply-add,
+# exact division, denormals kept), so int8 requantize epilogues round exactly as on the CPU.
+CUDA_IEEE_OPTIONS = ["--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false"]
 INPUT_ALIGNMENT = 64  # bytes: TVM allocates, and its kernels assume, 64-byte aligned buffers
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # Linux x86-64
 
@@ -73,24 +77,111 @@ def check_host_supports(target_cfg: dict) -> None:
                         "5.16); rerun with `dvc exp run -S target=x86_avx512`.")
 
 
+def register_cuda_compiler(arch: str, kernels: dict[str, Path] | None = None) -> None:
+    """Make TVM compile CUDA kernels for `arch` with NVRTC and `CUDA_IEEE_OPTIONS`, wherever it
+    compiles them: at build time where its CUDA runtime is loaded (a machine with a GPU), else
+    when the GPU machine loads the library, which then holds CUDA source. There the build's
+    own GPU code (`kernels`: source sha256 -> file, compiled by `compile.export`) is used
+    instead. TVM's own callback reads the architecture from the current target, which TVM's
+    runtime-only package cannot make, and compiles with fast math."""
+    import hashlib
+
+    import tvm_ffi
+
+    def compile_source(code: str) -> bytes:
+        stored = (kernels or {}).get(hashlib.sha256(code.encode()).hexdigest())
+        if stored is not None:
+            return stored.read_bytes()
+        from tvm.support import nvcc
+
+        return bytes(nvcc.compile_cuda(code, target_format="cubin", arch=arch,
+                                       options=CUDA_IEEE_OPTIONS, compiler="nvrtc"))
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_source, override=True)
+
+
+def _load_cuda_runtime(arch: str, kernels: dict[str, Path]) -> None:
+    """Load TVM's CUDA runtime (a full `import tvm` loads `libtvm_runtime_cuda` where the NVIDIA
+    driver is; TVM's runtime-only package, enough to run a build, does not) and register the
+    compiler for the build's kernels."""
+    import tvm
+    import tvm_ffi
+
+    if not tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True):
+        from tvm_ffi.libinfo import load_lib_ctypes
+
+        folder = Path(tvm.__file__).parent / "lib"
+        try:
+            load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda",
+                            extra_lib_paths=[folder], mode="RTLD_LOCAL")
+        except (OSError, RuntimeError) as err:
+            raise TvmqError(f"TVM's CUDA runtime ({folder}/libtvm_runtime_cuda.so) did not "
+                            f"load: {err}. It needs the NVIDIA driver (libcuda.so.1) and the "
+                            "CUDA 13 runtime (libcudart.so.13) on the library path.") from err
+    register_cuda_compiler(arch, kernels)
+
+
+def device_name(target_cfg: dict) -> str:
+    """The TVM runtime device a build for `target_cfg` runs on: 'cpu' or 'cuda'."""
+    return "cuda" if target_cfg["kind"] in GPU_KINDS else "cpu"
+
+
+def target_device(target_cfg: dict, kernels: dict[str, Path] | None = None):
+    """The TVM device a build for `target_cfg` runs on, after checking this machine has it;
+    for a GPU, with the build's compiled `kernels` registered (`register_cuda_compiler`)."""
+    import tvm
+
+    if device_name(target_cfg) == "cpu":
+        check_host_supports(target_cfg)
+        return tvm.cpu()
+    name = target_cfg.get("name", target_cfg["kind"])
+    try:
+        _load_cuda_runtime(target_cfg["arch"], kernels or {})
+        device = tvm.cuda(0)
+        present = device.exist
+    except TvmqError as err:
+        present, why = False, str(err)
+    else:
+        why = "TVM sees no CUDA device"
+    if not present:
+        raise TvmqError(f"target '{name}' runs on an NVIDIA GPU and this machine has none usable "
+                        f"({why}): run the build folder where one is (README \"GPU\"), or "
+                        "rerun with a CPU target: `dvc exp run -S target=x86_avx512`.")
+    have = "sm_" + device.compute_version.replace(".", "")
+    if have != target_cfg["arch"]:
+        raise TvmqError(f"target '{name}' was built for {target_cfg['arch']} but GPU 0 "
+                        f"({device.device_name}) is {have}: rebuild with "
+                        f"`dvc exp run -S target.arch={have}`.")
+    return device
+
+
 class Runner:
-    """A built variant: `run(x)` returns logits; `time(x, ...)` uses TVM's time evaluator."""
+    """A built variant: `run(x)` returns logits; `time(x, ...)` uses TVM's time evaluator.
+
+    Needs only TVM's runtime (`tvm.runtime`), not its compiler: a build runs on a machine
+    that has just the runtime library, e.g. a GPU server (README "GPU")."""
 
     def __init__(self, folder: Path):
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine
 
         folder = Path(folder)
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
             raise TvmqError(f"{manifest_path} is missing: run the build stage (`dvc repro`).")
         self.manifest = json.loads(manifest_path.read_text())
-        check_host_supports(self.manifest["target_config"])
-        self.device = tvm.cpu()
+        kernels = {k["sha256"]: folder / k["file"] for k in self.manifest.get("cuda_kernels", [])}
+        for path in kernels.values():
+            if not path.is_file():
+                raise TvmqError(f"{path} (GPU code named in {manifest_path}) is missing: copy the "
+                                "whole build folder, or rebuild (`dvc repro`).")
+        self.device = target_device(self.manifest["target_config"], kernels)
+        self.on_cpu = device_name(self.manifest["target_config"]) == "cpu"
         lib = tvm.runtime.load_module(str(folder / self.manifest["library"]))
-        self.vm = relax.VirtualMachine(lib, self.device)
+        self.vm = VirtualMachine(lib, self.device)
         params = tvm.runtime.load_param_dict((folder / self.manifest["params_file"]).read_bytes())
-        self.weights = [params[p["name"]] for p in self.manifest["params"]]
+        self.weights = [params[p["name"]] if self.on_cpu else params[p["name"]].copyto(self.device)
+                        for p in self.manifest["params"]]
         self.input_spec = self.manifest["inputs"][0]
         self.entry = self.manifest["entry"]
         self._entry = self.vm[self.entry]
@@ -113,8 +204,8 @@ class Runner:
         import tvm_ffi
 
         x = self._checked(x)
-        if (x.dtype == self.input_spec["dtype"] and x.flags.c_contiguous and x.flags.writeable
-                and x.ctypes.data % INPUT_ALIGNMENT == 0):
+        if (self.on_cpu and x.dtype == self.input_spec["dtype"] and x.flags.c_contiguous
+                and x.flags.writeable and x.ctypes.data % INPUT_ALIGNMENT == 0):
             return tvm_ffi.from_dlpack(x, require_alignment=INPUT_ALIGNMENT,
                                        require_contiguous=True)
         self._staging.copyfrom(np.ascontiguousarray(x, dtype=self.input_spec["dtype"]))
@@ -132,6 +223,8 @@ class Runner:
         The weights go with every call (~12 us for EfficientNet-Lite0's ~150 tensors): a VM
         closure with them bound would bind the input tensor too, which is what forced a copy."""
         out = self._entry(self._input_tensor(x), *self.weights)
+        if not self.on_cpu:
+            return out.numpy()
         return np.from_dlpack(out).copy()  # DLPack, not Tensor.numpy(): 1 us instead of 6 us
 
     def run_batch(self, xs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,135 @@
+"""The cuda target: builds here without a GPU (DLight's GPU kernels, compiled to GPU code beside
+model.so), and a machine without a GPU refuses to run it with a clear error.
+
+Running the builds on a GPU is `benchmarks/gpu_runtime.py` (see benchmarks/README.md)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import data
+from pipeline.errors import TvmqError
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA = yaml.safe_load((ROOT / "conf/target/cuda.yaml").read_text())
+HAVE_COMPILER = bool(shutil.which("nvcc") or (importlib.util.find_spec("cuda")
+                                              and importlib.util.find_spec("cuda.bindings")))
+needs_compiler = pytest.mark.skipif(not HAVE_COMPILER, reason="no CUDA compiler (nvcc or NVRTC)")
+MODEL = {"input_size": 32, "preprocess": {"crop_fraction": 1.0, "resize": "bilinear",
+                                          "channel_order": "rgb", "mean": [127.5] * 3,
+                                          "std": [127.5] * 3}}
+
+
+def _gpu_present() -> bool:
+    import tvm
+
+    try:
+        return bool(tvm.cuda(0).exist)
+    except Exception:  # noqa: BLE001  (no driver: TVM's CUDA runtime is not even loaded)
+        return False
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """variant -> (build folder, module, weights): the tiny CNN for the cuda target, fp32 and
+    int8, as the build stage makes them."""
+    from pipeline.compile import export
+    from pipeline.models.registry import tiny_cnn
+    from pipeline.quantize import QConfig, quantize_with_report
+    from pipeline.relax_import import keras_to_relax
+
+    if not HAVE_COMPILER:
+        pytest.skip("no CUDA compiler (nvcc or NVRTC)")
+    mod, weights = keras_to_relax(tiny_cnn(32, 0))
+    crops, _ = data.crop_sets({"seed": 0, "calibration_size": 8, "evaluation_size": 1,
+                               "min_crop": 0.6, "flip": True})
+    qmod, qweights, _, _ = quantize_with_report(mod, weights, data.crop_inputs(crops, MODEL),
+                                                QConfig())
+    folders = {}
+    for variant, (m, w) in {"fp32": (mod, weights), "int8": (qmod, qweights)}.items():
+        folder = tmp_path_factory.mktemp(variant)
+        export(folder, m, w, CUDA, variant)
+        folders[variant] = (folder, m, w)
+    return folders
+
+
+def test_make_target_reads_arch_and_requires_it():
+    from pipeline.compile import make_target
+
+    target = make_target(CUDA)
+    assert target.kind.name == "cuda" and str(target.attrs["arch"]) == "sm_90"
+    with pytest.raises(TvmqError, match=r"needs `arch`.*target\.arch=sm_80"):
+        make_target({**CUDA, "arch": None})
+
+
+def test_cuda_target_refuses_schedules_none():
+    from pipeline.compile import build, make_target
+
+    with pytest.raises(TvmqError, match="schedules='none' is CPU-only"):
+        build(None, make_target(CUDA), "none")
+
+
+@needs_compiler
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_build_stores_gpu_code_for_its_cuda_source(builds, variant):
+    """Built here without a GPU, model.so keeps the kernels' CUDA source (TVM compiles it when a
+    GPU machine loads the library); export compiles it here and stores the GPU code under the
+    source's sha256, which a second build of the same module reproduces."""
+    from pipeline.compile import build, cuda_sources, make_target, specialize
+
+    folder, mod, weights = builds[variant]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert json.loads(manifest["target"])["arch"] == "sm_90"
+    assert "dev = tvm.cuda()" in manifest["how_to_run"]
+    assert not any(manifest["packed_conv2d"].values())  # packed kernels are CPU-only
+    [kernels] = manifest["cuda_kernels"]
+    code = (folder / kernels["file"]).read_bytes()
+    assert len(code) > 1000 and not code.startswith(b"//")  # GPU code, not PTX text
+    target = make_target(CUDA)
+    [source] = cuda_sources(build(specialize(mod, weights, target, "default")[0], target))
+    assert "__global__" in source
+    assert hashlib.sha256(source.encode()).hexdigest() == kernels["sha256"]
+
+
+@needs_compiler
+def test_runner_compile_callback_returns_the_stored_gpu_code(builds):
+    """The callback TVM calls to compile a cross-built library's CUDA source hands back the
+    build's stored code for that source (no compiler needed on the GPU machine)."""
+    import tvm_ffi
+
+    from pipeline.compile import build, cuda_sources, make_target
+    from pipeline.runner import register_cuda_compiler
+
+    folder, mod, _ = builds["int8"]
+    [kernels] = json.loads((folder / "manifest.json").read_text())["cuda_kernels"]
+    stored = folder / kernels["file"]
+    [source] = cuda_sources(build(mod, make_target(CUDA)))
+    register_cuda_compiler("sm_90", {kernels["sha256"]: stored})
+    assert bytes(tvm_ffi.get_global_func("tvm_callback_cuda_compile")(source)) == \
+        stored.read_bytes()
+
+
+def test_runner_without_gpu_says_what_to_do(builds):
+    from pipeline.runner import Runner
+
+    if _gpu_present():
+        pytest.skip("this machine has a GPU: benchmarks/gpu_runtime.py runs the builds")
+    with pytest.raises(TvmqError, match=r"target 'cuda' runs on an NVIDIA GPU.*target=x86_avx512"):
+        Runner(builds["fp32"][0])
+
+
+def test_runner_names_missing_gpu_code(builds, tmp_path):
+    from pipeline.runner import Runner
+
+    copy = tmp_path / "fp32"
+    shutil.copytree(builds["fp32"][0], copy)
+    [kernels] = json.loads((copy / "manifest.json").read_text())["cuda_kernels"]
+    (copy / kernels["file"]).unlink()
+    with pytest.raises(TvmqError, match=rf"{kernels['file']} .*is missing: copy the whole build"):
+        Runner(copy)
