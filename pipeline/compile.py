@@ -168,7 +168,8 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "defaul
             raise TvmqError(f"target.schedules='{schedules}' is CPU-only: GPU kernels must have "
                             f"their loops bound to threads, so a {target.kind.name} target "
                             "builds with schedules: default (DLight's GPU rules).")
-        register_cuda_compiler(str(target.attrs["arch"]))  # used where TVM compiles (a GPU)
+        # used where TVM compiles at build time (a machine with a GPU)
+        register_cuda_compiler(lambda code: compile_cuda_kernels(code, target))
         with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": cuda_graph}):
             return tvm.compile(mod, target)
     if schedules == "default" and target.kind.name == "llvm":

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -77,27 +78,34 @@ def check_host_supports(target_cfg: dict) -> None:
                         "5.16); rerun with `dvc exp run -S target=x86_avx512`.")
 
 
-def register_cuda_compiler(arch: str, kernels: dict[str, Path] | None = None) -> None:
-    """Make TVM compile CUDA kernels for `arch` with NVRTC and `CUDA_IEEE_OPTIONS`, wherever it
-    compiles them: at build time where its CUDA runtime is loaded (a machine with a GPU), else
-    when the GPU machine loads the library, which then holds CUDA source. There the build's
-    own GPU code (`kernels`: source sha256 -> file, compiled by `compile.export`) is used
-    instead. TVM's own callback reads the architecture from the current target, which TVM's
+def nvrtc_compiler(arch: str) -> Callable[[str], bytes]:
+    """CUDA source -> GPU code for `arch` with NVRTC (`cuda-bindings`) and `CUDA_IEEE_OPTIONS`.
+    TVM's own compile callback reads the architecture from the current target, which TVM's
     runtime-only package cannot make, and compiles with fast math."""
-    import hashlib
-
-    import tvm_ffi
-
     def compile_source(code: str) -> bytes:
-        stored = (kernels or {}).get(hashlib.sha256(code.encode()).hexdigest())
-        if stored is not None:
-            return stored.read_bytes()
         from tvm.support import nvcc
 
         return bytes(nvcc.compile_cuda(code, target_format="cubin", arch=arch,
                                        options=CUDA_IEEE_OPTIONS, compiler="nvrtc"))
 
-    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_source, override=True)
+    return compile_source
+
+
+def register_cuda_compiler(compile_source: Callable[[str], bytes],
+                           kernels: dict[str, Path] | None = None) -> None:
+    """Make TVM compile CUDA kernels with `compile_source` wherever it compiles them: at build
+    time where its CUDA runtime is loaded (a machine with a GPU), else when the GPU machine
+    loads the library, which then holds CUDA source. There the build's own GPU code (`kernels`:
+    source sha256 -> file, compiled by `compile.export`) is used instead."""
+    import hashlib
+
+    import tvm_ffi
+
+    def callback(code: str) -> bytes:
+        stored = (kernels or {}).get(hashlib.sha256(code.encode()).hexdigest())
+        return stored.read_bytes() if stored is not None else compile_source(code)
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", callback, override=True)
 
 
 def _load_cuda_runtime(arch: str, kernels: dict[str, Path]) -> None:
@@ -118,7 +126,7 @@ def _load_cuda_runtime(arch: str, kernels: dict[str, Path]) -> None:
             raise TvmqError(f"TVM's CUDA runtime ({folder}/libtvm_runtime_cuda.so) did not "
                             f"load: {err}. It needs the NVIDIA driver (libcuda.so.1) and the "
                             "CUDA 13 runtime (libcudart.so.13) on the library path.") from err
-    register_cuda_compiler(arch, kernels)
+    register_cuda_compiler(nvrtc_compiler(arch), kernels)
 
 
 def device_name(target_cfg: dict) -> str:

@@ -100,19 +100,27 @@ def test_build_stores_gpu_code_for_its_cuda_source(builds, variant):
 @needs_compiler
 def test_runner_compile_callback_returns_the_stored_gpu_code(builds):
     """The callback TVM calls to compile a cross-built library's CUDA source hands back the
-    build's stored code for that source (no compiler needed on the GPU machine)."""
+    build's stored code for that source (no compiler needed on the GPU machine) and compiles
+    only source it has no code for."""
     import tvm_ffi
 
     from pipeline.compile import build, cuda_sources, make_target
-    from pipeline.runner import register_cuda_compiler
+    from pipeline.runner import nvrtc_compiler, register_cuda_compiler
 
     folder, mod, _ = builds["int8"]
     [kernels] = json.loads((folder / "manifest.json").read_text())["cuda_kernels"]
     stored = folder / kernels["file"]
     [source] = cuda_sources(build(mod, make_target(CUDA)))
-    register_cuda_compiler("sm_90", {kernels["sha256"]: stored})
-    assert bytes(tvm_ffi.get_global_func("tvm_callback_cuda_compile")(source)) == \
-        stored.read_bytes()
+    register_cuda_compiler(nvrtc_compiler("sm_90"), {kernels["sha256"]: stored})
+    callback = tvm_ffi.get_global_func("tvm_callback_cuda_compile")
+    assert bytes(callback(source)) == stored.read_bytes()
+    compiled = []  # source it has no code for goes to the compiler
+    register_cuda_compiler(lambda code: compiled.append(code) or b"code",
+                           {kernels["sha256"]: stored})
+    callback = tvm_ffi.get_global_func("tvm_callback_cuda_compile")
+    assert bytes(callback("// another kernel\n" + source)) == b"code"
+    assert bytes(callback(source)) == stored.read_bytes()
+    assert compiled == ["// another kernel\n" + source]
 
 
 def test_runner_without_gpu_says_what_to_do(builds):
