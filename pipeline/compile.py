@@ -157,9 +157,10 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "defaul
     (see `specialize`) and `schedules.ParallelVectorize` to every other fused kernel on llvm
     targets; kernels with a record in the MetaSchedule database `tuning_dir` (`tuning.tune`)
     get their tuned schedule instead. "none" keeps TVM's generic single-threaded loops.
-    On a GPU target "default" is TVM's own CUDA pipeline: DLight's GPU rules (matmul, GEMV,
-    reductions, and a fallback that binds any other kernel's loops to blocks and threads);
-    `cuda_graph` captures the kernel launches of a call in a CUDA graph replayed on later calls.
+    On a GPU target "default" is TVM's own CUDA pipeline with DLight's GPU rules (matmul, GEMV,
+    reductions, and a fallback that binds any other kernel's loops to blocks and threads) plus
+    `gpu_schedules.ShortReduction` for depthwise convs; `cuda_graph` captures the kernel
+    launches of a call in a CUDA graph replayed on later calls.
     """
     if schedules not in SCHEDULES:
         raise TvmqError(f"target.schedules='{schedules}' is invalid: use {' | '.join(SCHEDULES)}.")
@@ -170,8 +171,10 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "defaul
                             "builds with schedules: default (DLight's GPU rules).")
         # used where TVM compiles at build time (a machine with a GPU)
         register_cuda_compiler(lambda code: compile_cuda_kernels(code, target))
+        from .gpu_schedules import cuda_pipeline
+
         with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": cuda_graph}):
-            return tvm.compile(mod, target)
+            return tvm.compile(mod, target, relax_pipeline=cuda_pipeline(target))
     if schedules == "default" and target.kind.name == "llvm":
         from .schedules import default_pipeline
         from .stack_scratch import PIPELINE

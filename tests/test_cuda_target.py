@@ -141,3 +141,47 @@ def test_runner_names_missing_gpu_code(builds, tmp_path):
     (copy / kernels["file"]).unlink()
     with pytest.raises(TvmqError, match=rf"{kernels['file']} .*is missing: copy the whole build"):
         Runner(copy)
+
+
+def _depthwise_module():
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 16, 16), "float32"))
+    w = relax.Var("w", relax.TensorType((32, 1, 3, 3), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w, padding=1, groups=32))
+            z = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(z)
+    target = tvm.target.Target({"kind": "cuda", "arch": CUDA["arch"]})
+    with target:
+        mod = tvm.transform.Sequential(cuda.legalize_passes(target)[:-1])(bb.get())
+    return mod, target
+
+
+def test_depthwise_conv_runs_one_output_per_thread():
+    """TVM's DLight rules give a depthwise conv to GeneralReduction (a 256-thread block per
+    output, reduced through shared memory); with `ShortReduction` each thread computes one
+    output in a register and applies the epilogue itself."""
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    from pipeline.gpu_schedules import ShortReduction, rules
+
+    scripts = {}
+    for name, rule_list in {"dlight": [r for r in rules() if not isinstance(r, ShortReduction)],
+                            "tvmq": rules()}.items():
+        mod, target = _depthwise_module()  # ApplyDefaultSchedule updates its module in place
+        with target:
+            mod = dl.ApplyDefaultSchedule(*rule_list)(mod)
+        [conv] = [f for gv, f in mod.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint]
+        scripts[name] = conv.script()
+    assert 'scope="shared"' in scripts["dlight"]
+    ours = scripts["tvmq"]
+    assert 'scope="shared"' not in ours and 'scope="local"' in ours
+    assert 'thread="threadIdx.x"' in ours and "T.int64(256)" in ours
+    assert ours.count("T.thread_binding") == 2  # blockIdx.x and threadIdx.x, nothing else
