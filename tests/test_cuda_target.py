@@ -143,45 +143,65 @@ def test_runner_names_missing_gpu_code(builds, tmp_path):
         Runner(copy)
 
 
-def _depthwise_module():
+def _conv_script(shape, weight, groups, rule_list) -> str:
+    """TVMScript of a conv2d + ReLU kernel (NCHW, stride 1, same padding) after TVM's CUDA
+    legalization and `rule_list`."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
 
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 32, 16, 16), "float32"))
-    w = relax.Var("w", relax.TensorType((32, 1, 3, 3), "float32"))
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    w = relax.Var("w", relax.TensorType(weight, "float32"))
     with bb.function("main", [x, w]):
         with bb.dataflow():
-            y = bb.emit(relax.op.nn.conv2d(x, w, padding=1, groups=32))
+            y = bb.emit(relax.op.nn.conv2d(x, w, padding=weight[2] // 2, groups=groups))
             z = bb.emit_output(relax.op.nn.relu(y))
         bb.emit_func_output(z)
     target = tvm.target.Target({"kind": "cuda", "arch": CUDA["arch"]})
     with target:
         mod = tvm.transform.Sequential(cuda.legalize_passes(target)[:-1])(bb.get())
-    return mod, target
+        mod = dl.ApplyDefaultSchedule(*rule_list)(mod)  # updates `mod` in place, returns it
+    [conv] = [f for gv, f in mod.functions_items()
+              if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint]
+    return conv.script()
+
+
+def _dlight_alone():
+    from pipeline.gpu_schedules import ShortReduction, WarpReduction, rules
+
+    return [r for r in rules() if not isinstance(r, (ShortReduction, WarpReduction))]
 
 
 def test_depthwise_conv_runs_one_output_per_thread():
     """TVM's DLight rules give a depthwise conv to GeneralReduction (a 256-thread block per
     output, reduced through shared memory); with `ShortReduction` each thread computes one
     output in a register and applies the epilogue itself."""
-    import tvm
-    from tvm.s_tir import dlight as dl
+    from pipeline.gpu_schedules import rules
 
-    from pipeline.gpu_schedules import ShortReduction, rules
-
-    scripts = {}
-    for name, rule_list in {"dlight": [r for r in rules() if not isinstance(r, ShortReduction)],
-                            "tvmq": rules()}.items():
-        mod, target = _depthwise_module()  # ApplyDefaultSchedule updates its module in place
-        with target:
-            mod = dl.ApplyDefaultSchedule(*rule_list)(mod)
-        [conv] = [f for gv, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint]
-        scripts[name] = conv.script()
-    assert 'scope="shared"' in scripts["dlight"]
-    ours = scripts["tvmq"]
+    depthwise = ((1, 32, 16, 16), (32, 1, 3, 3), 32)
+    assert 'scope="shared"' in _conv_script(*depthwise, _dlight_alone())
+    ours = _conv_script(*depthwise, rules())
     assert 'scope="shared"' not in ours and 'scope="local"' in ours
     assert 'thread="threadIdx.x"' in ours and "T.int64(256)" in ours
     assert ours.count("T.thread_binding") == 2  # blockIdx.x and threadIdx.x, nothing else
+
+
+def test_small_map_1x1_conv_gets_a_warp_per_output():
+    """A 1x1 conv over 1152 channels at 7x7 (9408 outputs): DLight's matmul tiles (shared
+    memory) without `WarpReduction`; with it, a warp per output splits the 1152 steps over its
+    lanes (threadIdx.x over the reduction) and lane 0 runs the epilogue. A 1x1 conv with many
+    outputs keeps the matmul rule."""
+    from pipeline.gpu_schedules import FEW_OUTPUTS, rules
+
+    small_map = ((1, 1152, 7, 7), (192, 1152, 1, 1), 1)
+    assert 'scope="shared"' in _conv_script(*small_map, _dlight_alone())
+    ours = _conv_script(*small_map, rules())
+    assert 'scope="shared"' not in ours and 'scope="local"' in ours
+    assert 'thread="threadIdx.y"' in ours
+    assert "T.axis.reduce(T.int64(1152), ax3_0 * T.int64(32) + ax3_1)" in ours
+    assert "< T.int64(1))" in ours  # the epilogue's lane-0 predicate
+    large_map = ((1, 64, 56, 56), (64, 64, 1, 1), 1)
+    assert 64 * 56 * 56 > FEW_OUTPUTS
+    assert _conv_script(*large_map, rules()) == _conv_script(*large_map, _dlight_alone())
