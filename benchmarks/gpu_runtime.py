@@ -10,7 +10,7 @@
 for target `cuda` into OUT/build/<variant> and writes OUT/inputs.npz: the labelled photos and the
 first `--crops` evaluation crops, their labels, and the logits for them of the CPU builds
 (artifacts/build/<variant>, the pipeline's target), of TVM's unscheduled CPU build (generic
-loops: the arithmetic order DLight's GPU kernels keep) and of Keras. `run` loads each GPU build
+loops, which the int8 GPU build must match bit for bit: its sums are integer) and of Keras. `run` loads each GPU build
 with `pipeline.runner.Runner`, compares its logits with those (top-1 agreement, max
 |difference|, bit-identity) and times batch 1 with TVM's time evaluator (which waits for the
 GPU). It exits 1 when a GPU build's top-1 differs from its CPU build's on any input.
@@ -58,8 +58,8 @@ def prepare(out: Path, arch: str, n_crops: int, cuda_graph: bool | None) -> None
     _, crops = data.crop_sets(cfg["dataset"])
     xs = np.concatenate([x_lab, data.crop_inputs(crops[:n_crops], cfg["model"])])
     reference = {f"cpu_{v}": Runner(ROOT / "artifacts/build" / v).run_batch(xs) for v in VARIANTS}
-    for variant, source in VARIANTS.items():  # TVM's unscheduled loops: the arithmetic order
-        mod, weights = load_relax(ROOT / source)  # DLight's GPU kernels keep (bit-exact check)
+    for variant, source in VARIANTS.items():  # TVM's unscheduled loops (bit-exact int8 check)
+        mod, weights = load_relax(ROOT / source)
         with tempfile.TemporaryDirectory() as tmp:
             export(tmp, mod, weights, {"name": "llvm", "kind": "llvm", "schedules": "none"},
                    variant)
@@ -88,7 +88,7 @@ def run(out: Path, repeat: int) -> int:
     report, failed = {"cpu_target": str(ref["cpu_target"])}, False
     for variant in VARIANTS:
         start = time.perf_counter()
-        runner = Runner(out / "build" / variant)  # compiles the kernels' CUDA source (see README)
+        runner = Runner(out / "build" / variant)  # with the build's stored GPU code (README "GPU")
         load_s = time.perf_counter() - start
         logits = runner.run_batch(xs)
         cpu = ref[f"cpu_{variant}"]
