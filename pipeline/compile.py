@@ -42,21 +42,30 @@ def is_gpu(target: tvm.target.Target) -> bool:
     return target.kind.name in GPU_KINDS
 
 
+def cuda_compiler() -> str | None:
+    """The CUDA compiler a build uses: "nvrtc" where `cuda-bindings` is installed, else "nvcc"
+    where a CUDA toolkit's nvcc is on PATH, else None. Neither needs a GPU."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("cuda") and importlib.util.find_spec("cuda.bindings"):
+        return "nvrtc"
+    return "nvcc" if shutil.which("nvcc") else None
+
+
 def compile_cuda_kernels(source: str, target: tvm.target.Target) -> bytes:
     """GPU code for the target's `arch` from a build's CUDA source, with IEEE float arithmetic
-    (`runner.CUDA_IEEE_OPTIONS`): NVRTC where `cuda-bindings` is installed, else nvcc from a
-    CUDA toolkit. Neither needs a GPU."""
-    import importlib.util
+    (`runner.CUDA_IEEE_OPTIONS`), by `cuda_compiler()`."""
     import os
-    import shutil
 
     from tvm.support import nvcc
 
     arch = str(target.attrs["arch"])
-    if importlib.util.find_spec("cuda") and importlib.util.find_spec("cuda.bindings"):
+    compiler = cuda_compiler()
+    if compiler == "nvrtc":
         return bytes(nvcc.compile_cuda(source, target_format="cubin", arch=arch,
                                        options=CUDA_IEEE_OPTIONS, compiler="nvrtc"))
-    if not shutil.which("nvcc"):
+    if compiler is None:
         raise TvmqError(f"target '{target.kind.name}' ({arch}): building needs a CUDA compiler, "
                         "nvcc on PATH (a CUDA toolkit, e.g. /usr/local/cuda/bin) or NVRTC "
                         "(`pip install cuda-bindings nvidia-cuda-nvrtc`); no GPU is needed.")
@@ -89,8 +98,8 @@ def cuda_sources(executable) -> list[str]:
 
 def _export_cuda_kernels(folder: Path, executable, target: tvm.target.Target) -> list[dict]:
     """Compile the build's CUDA source here and store the GPU code beside `model.so`, keyed by
-    the source's sha256: the GPU machine's `Runner` loads it instead of compiling (which would
-    take ~10 s per load and need NVRTC there). Compiling here also fails a bad kernel now,
+    the source's sha256: the GPU machine's `Runner` loads it instead of compiling (which took
+    13-15 s per load of EfficientNet-Lite0 on an H100, and needs NVRTC there). Compiling here also fails a bad kernel now,
     not on the GPU machine."""
     import hashlib
 
@@ -159,8 +168,8 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedules: str = "defaul
     get their tuned schedule instead. "none" keeps TVM's generic single-threaded loops.
     On a GPU target "default" is TVM's own CUDA pipeline with DLight's GPU rules (matmul, GEMV,
     reductions, and a fallback that binds any other kernel's loops to blocks and threads) plus
-    `gpu_schedules.ShortReduction` for depthwise convs; `cuda_graph` captures the kernel
-    launches of a call in a CUDA graph replayed on later calls.
+    `gpu_schedules`' two (depthwise convs; 1x1 convs on small maps); `cuda_graph` captures the
+    kernel launches of a call in a CUDA graph replayed on later calls.
     """
     if schedules not in SCHEDULES:
         raise TvmqError(f"target.schedules='{schedules}' is invalid: use {' | '.join(SCHEDULES)}.")

@@ -6,9 +6,9 @@ a CNN at batch 1 that DLight schedules badly.
   H100, EfficientNet-Lite0's 3x3 x 144 channels at 56x56 took 358 us and its depthwise convs
   ~1.35 ms of a 2.6 ms call. `ShortReduction` runs one output per thread, its sum in a
   register and its epilogue in the same thread.
-- 1x1 convs on small maps (few outputs, long reductions, e.g. 1152 -> 192 channels at 7x7: 9408
-  outputs, 1152 steps): DLight's matmul rule tiles the outputs, which leaves most of the GPU
-  idle (70-77 us for that conv in fp32). `WarpReduction` gives each output a warp that splits
+- 1x1 convs on small maps and the classifier (few outputs, long reductions, e.g. 1152 -> 192
+  channels at 7x7: 9408 outputs, 1152 steps): DLight's matmul rule tiles the outputs, which
+  leaves most of the GPU idle (70-77 us for that conv in fp32). `WarpReduction` gives each output a warp that splits
   the reduction over its 32 lanes and combines them with warp shuffles (25 us).
 
 Lite0 at batch 1 on the H100: DLight alone fp32 2.59 ms, int8 2.29 ms; with `ShortReduction`
@@ -29,25 +29,14 @@ from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 # 25); longer ones (e.g. 1x1 convs over hundreds of channels) keep DLight's reduction rules.
 SHORT_REDUCTION_STEPS = 64
 THREADS = 256  # per block
-# A warp per output where a kernel has at most this many outputs and reductions this long (the
-# 1x1 convs at 7x7 and 14x14 of EfficientNet-Lite0: 9408-31360 outputs, 240-1152 steps); below
-# that many steps, or with more outputs, DLight's matmul tiles keep the GPU busy enough.
+# A warp per output where a kernel has at most this many outputs and reductions this long (in
+# EfficientNet-Lite0 the 1x1 convs from 240 or more channels at 28x28 and below, and the
+# classifier: 1000-31360 outputs, 240-1280 steps); below that many steps, or with more outputs,
+# DLight's matmul tiles keep the GPU busy enough.
 FEW_OUTPUTS = 32768
 LONG_REDUCTION_STEPS = 240
 WARP = 32
 WARP_OUTPUTS_PER_BLOCK = 4
-
-
-def _reduction_steps(func: tirx.PrimFunc) -> list[int | None]:
-    """Steps per output of each reduction block in `func` (None: not a constant)."""
-    infos = normalize_prim_func(s_tir.Schedule(func)) or []
-    steps = []
-    for info in infos:
-        doms = [i.dom for i in info.iters if i.kind == "R"]
-        if doms:
-            steps.append(None if any(not isinstance(d, int) for d in doms)
-                         else int(np.prod(doms)))
-    return steps
 
 
 def _fused(sch, loops):
@@ -69,9 +58,6 @@ class _ReductionRule(GPUScheduleRule):
     def apply(self, func, target, tunable):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        steps = _reduction_steps(func)
-        if len(steps) != 1 or steps[0] is None:
-            return None
         sch = s_tir.Schedule(func)
         infos = try_inline(sch, normalize_prim_func(sch) or [])
         reductions = [i for i in infos if i.is_reduction()]
@@ -81,9 +67,10 @@ class _ReductionRule(GPUScheduleRule):
         block = reductions[0]
         kinds = block.dom_kind()
         spatial = [i.dom for i in block.iters if i.kind == "S"]
+        reduce = [i.dom for i in block.iters if i.kind == "R"]
         if kinds.rstrip("R") != kinds.replace("R", "") or \
-                any(not isinstance(d, int) for d in spatial) or \
-                not self.accepts(int(np.prod(spatial)), steps[0]):
+                any(not isinstance(d, int) for d in spatial + reduce) or \
+                not self.accepts(int(np.prod(spatial)), int(np.prod(reduce))):
             return None
         try:
             self.schedule(sch, block, infos[1:])

@@ -5,7 +5,6 @@ Running the builds on a GPU is `benchmarks/gpu_runtime.py` (see benchmarks/READM
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,12 +13,12 @@ import pytest
 import yaml
 
 from pipeline import data
+from pipeline.compile import cuda_compiler
 from pipeline.errors import TvmqError
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA = yaml.safe_load((ROOT / "conf/target/cuda.yaml").read_text())
-HAVE_COMPILER = bool(shutil.which("nvcc") or (importlib.util.find_spec("cuda")
-                                              and importlib.util.find_spec("cuda.bindings")))
+HAVE_COMPILER = cuda_compiler() is not None
 needs_compiler = pytest.mark.skipif(not HAVE_COMPILER, reason="no CUDA compiler (nvcc or NVRTC)")
 MODEL = {"input_size": 32, "preprocess": {"crop_fraction": 1.0, "resize": "bilinear",
                                           "channel_order": "rgb", "mean": [127.5] * 3,
