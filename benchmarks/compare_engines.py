@@ -5,8 +5,10 @@
         [--target x86_avx512 | sapphirerapids (AMX) | llvm] [--json out.json]
 
 Batch 1, a fixed thread count for every engine, engines interleaved: each round runs every
-engine once (the starting engine rotates per round), so all engines see the same machine
-load. See benchmarks/README.md.
+engine (the starting engine rotates per round), so all engines see the same machine load. Each
+engine's turn is two timed calls: the first once the process is idle ("idle start": its worker
+threads parked, as for a request after a pause), the second right after it ("warm", as in a
+stream of requests). See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ PHOTO = "skimage_chelsea"
 ENGINE_ORDER = ["tvmq fp32", "tvmq int8", "tvmq int8 all", "keras tf.function", "ort fp32",
                 "ort int8"]
 MODELS = {"efficientnet_lite0": {}, "resnet50": {"weights": None}}  # overrides of conf/model/*.yaml
+CALLS = ("idle_start", "warm")  # each engine's two calls per round: after `settle`, then again
 RATIOS = [  # (label, faster candidate A, baseline B): ratio = median(B) / median(A), > 1: A faster
     ("int8 speedup vs fp32 (tvmq)", "tvmq int8", "tvmq fp32"),
     ("tvmq int8 vs ORT int8", "tvmq int8", "ort int8"),
@@ -127,11 +130,13 @@ def settle(poll_s: float = 0.01, limit_s: float = 1.0) -> None:
             return
 
 
-def interleaved(engines: dict, x: np.ndarray, warmup: int, rounds: int,
-                wait: bool = True) -> dict[str, np.ndarray]:
-    """Milliseconds per call of each engine; round r runs all engines, starting at engine r.
+def interleaved(engines: dict, x: np.ndarray, warmup: int, rounds: int, wait: bool = True,
+                calls: int = 1) -> dict[str, np.ndarray]:
+    """Milliseconds per call of each engine, shape (rounds, calls): in round r every engine,
+    starting at engine r, makes `calls` calls in a row.
 
-    With `wait`, every call starts on an idle process (`settle`, untimed).
+    With `wait`, an engine's first call in a round starts on an idle process (`settle`,
+    untimed), its later calls right after its own previous one.
     """
     names = list(engines)
     samples = {n: [] for n in names}
@@ -139,10 +144,13 @@ def interleaved(engines: dict, x: np.ndarray, warmup: int, rounds: int,
         for name in names[r % len(names):] + names[:r % len(names)]:
             if wait:
                 settle()
-            start = time.perf_counter()
-            engines[name](x)
+            row = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                engines[name](x)
+                row.append((time.perf_counter() - start) * 1e3)
             if r >= warmup:
-                samples[name].append((time.perf_counter() - start) * 1e3)
+                samples[name].append(row)
     return {n: np.array(v) for n, v in samples.items()}
 
 
@@ -179,20 +187,30 @@ def bench_model(name: str, args, have_ort: bool) -> dict:
         print(f"  timing {len(engines)} engines: {args.warmup} warm-up + {args.rounds} rounds, "
               f"batch 1, {args.threads} threads ...", flush=True)
         load = [os.getloadavg()[0]]
-        ms = interleaved(engines, x, args.warmup, args.rounds, not args.no_settle)
+        ms = interleaved(engines, x, args.warmup, args.rounds, not args.no_settle, calls=2)
         load.append(os.getloadavg()[0])
         print("  timing each engine alone, back to back ...", flush=True)
-        hot = {n: interleaved({n: e}, x, args.warmup, args.rounds, False)[n]
+        hot = {n: interleaved({n: e}, x, args.warmup, args.rounds, False)[n][:, 0]
                for n, e in engines.items()}
-    result = {"weights": model_cfg.get("weights"), "loadavg_1min": load, "engines": {
-        n: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)),
+    result = {"weights": model_cfg.get("weights"), "loadavg_1min": load,
+              "settle": not args.no_settle, "engines": {}}
+    for n, v in ms.items():
+        result["engines"][n] = {
+            **{f"{kind}_{stat}": float(f(v[:, i])) for i, kind in enumerate(CALLS)
+               for stat, f in (("median_ms", np.median), ("p90_ms", percentile_90))},
             "back_to_back_median_ms": float(np.median(hot[n])), **top1(logits[n], names),
-            "samples_ms": [round(float(s), 4) for s in v]}
-        for n, v in ms.items()}}
-    med = {n: r["median_ms"] for n, r in result["engines"].items()}
-    result["ratios"] = {label: med[b] / med[a] for label, a, b in RATIOS if a in med and b in med}
+            **{f"{kind}_samples_ms": [round(float(s), 4) for s in v[:, i]]
+               for i, kind in enumerate(CALLS)}}
+    med = {kind: {n: r[f"{kind}_median_ms"] for n, r in result["engines"].items()}
+           for kind in CALLS}
+    result["ratios"] = {kind: {label: med[kind][b] / med[kind][a] for label, a, b in RATIOS
+                               if a in med[kind] and b in med[kind]} for kind in CALLS}
     print_table(name, weights_note, result)
     return result
+
+
+def percentile_90(v: np.ndarray) -> float:
+    return np.percentile(v, 90)
 
 
 def top1(logits: np.ndarray, names: list[str]) -> dict:
@@ -203,18 +221,22 @@ def top1(logits: np.ndarray, names: list[str]) -> dict:
 
 def print_table(name: str, weights_note: str, result: dict) -> None:
     print(f"\n{name} ({weights_note}), photo {PHOTO}; 1-min load average "
-          f"{result['loadavg_1min'][0]:.2f} -> {result['loadavg_1min'][1]:.2f} during the rounds")
-    print(f"| {'engine':<18} | median ms | p90 ms | back-to-back median ms | "
-          "top-1 (logit margin to 2nd) |")
-    print(f"|{'-' * 20}|-----------|--------|------------------------|{'-' * 29}|")
+          f"{result['loadavg_1min'][0]:.2f} -> {result['loadavg_1min'][1]:.2f} during the rounds"
+          + ("" if result["settle"] else "; --no-settle: the idle-start calls did not start idle"))
+    print(f"| {'engine':<18} | idle-start median / p90 ms | warm median / p90 ms | "
+          "back-to-back median ms | top-1 (logit margin to 2nd) |")
+    print(f"|{'-' * 20}|----------------------------|----------------------|"
+          f"------------------------|{'-' * 29}|")
     for n, r in result["engines"].items():
-        print(f"| {n:<18} | {r['median_ms']:9.2f} | {r['p90_ms']:6.2f} | "
+        print(f"| {n:<18} | {r['idle_start_median_ms']:17.2f} / {r['idle_start_p90_ms']:6.2f} | "
+              f"{r['warm_median_ms']:11.2f} / {r['warm_p90_ms']:6.2f} | "
               f"{r['back_to_back_median_ms']:22.2f} | "
               f"{r['top1']} {r['top1_name']} (+{r['top1_margin']:.3f}) |")
+    print("  ratios of medians, idle start / warm (median B / median A; >1: A faster):")
     for label, a, b in RATIOS:
-        if label in result["ratios"]:
-            print(f"  {label:<32} {result['ratios'][label]:5.2f}x  "
-                  f"(median {b} / median {a}; >1: {a} faster)")
+        if label in result["ratios"]["warm"]:
+            print(f"  {label:<32} {result['ratios']['idle_start'][label]:5.2f}x / "
+                  f"{result['ratios']['warm'][label]:5.2f}x  (A = {a}, B = {b})")
     agree = len({r["top1"] for r in result["engines"].values()}) == 1
     print("  top-1 agrees across all engines" if agree else "  top-1 DIFFERS between engines "
           "(a small fp32 margin means a near-tie that int8 rounding can flip)")

@@ -1,12 +1,18 @@
 """What a call costs when it starts on an idle process (as each call of compare_engines does).
 
     .venv/bin/python benchmarks/idle_wake.py [--threads 2] [--rounds 40]
+        [--builds artifacts/build/fp32 artifacts/build/int8]
 
 Times, right after `compare_engines.settle` (the process idle, TVM's worker parked) and right
 after a warm-up call: a TVM kernel with one trivial parallel loop (what waking TVM's worker
 costs a model's first parallel kernel), a 4.7 MB read (EfficientNet-Lite0 int8's weights) and
 a pure-Python loop. The parallel kernel's difference is a fixed cost every engine's call pays
 after idling, whatever the model; see benchmarks/README.md ("How it times").
+
+With `--builds`, also each built model folder's call (`Runner.run`) back to back and right
+after each thing that happens between two calls of one engine in `compare_engines`: 64 MB of
+other memory traffic (another engine's turn, leaving the caches full of its data), 0.3 s of a
+busy main thread (TVM's worker parks; the vCPU stays awake), 0.3 s asleep, and `settle`.
 """
 from __future__ import annotations
 
@@ -39,10 +45,52 @@ def one_parallel_loop(threads: int):
     return lambda: lib(data)
 
 
+PAUSE_S = 0.3  # longer than TVM's worker spins (~150 ms) before it parks
+
+
+def time_builds(folders: list[Path], rounds: int) -> None:
+    """Median ms per call of each build after each kind of gap (see the module docstring)."""
+    from pipeline.runner import Runner, aligned_input
+
+    runners = {str(f): Runner(f) for f in folders}
+    first = next(iter(runners.values()))
+    x = aligned_input(first.input_spec["shape"])
+    x[...] = np.random.default_rng(0).uniform(-1, 1, x.shape)
+    other = np.ones(64 << 20, np.uint8)
+
+    def busy():
+        end = time.perf_counter() + PAUSE_S
+        while time.perf_counter() < end:
+            pass
+
+    gaps = {"back to back": lambda: None, "64 MB traffic": lambda: np.add(other, 1, out=other),
+            f"{PAUSE_S} s busy": busy, f"{PAUSE_S} s asleep": lambda: time.sleep(PAUSE_S),
+            "settle": settle}
+    samples = {(f, g): [] for f in runners for g in gaps}
+    for runner in runners.values():
+        for _ in range(5):
+            runner.run(x)
+    for _ in range(rounds):
+        for gap_name, gap in gaps.items():
+            for folder, runner in runners.items():
+                runner.run(x)  # the gap follows a call, as between one engine's calls
+                gap()
+                start = time.perf_counter()
+                runner.run(x)
+                samples[folder, gap_name].append((time.perf_counter() - start) * 1e3)
+    print(f"median ms per call after each gap ({rounds} rounds):")
+    print("  " + " | ".join(["build".ljust(24)] + [g.rjust(13) for g in gaps]))
+    for folder in runners:
+        print("  " + " | ".join([folder[-24:].ljust(24)] + [
+            f"{np.median(samples[folder, g]):13.2f}" for g in gaps]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--builds", type=Path, nargs="*", default=[],
+                        help="build folders (artifacts/build/<variant>) to time after each gap")
     args = parser.parse_args()
     from pipeline.runner import set_threads
 
@@ -71,6 +119,8 @@ def main() -> None:
     for name, s in samples.items():
         idle, warm = np.median(s["idle"]), np.median(s["warm"])
         print(f"  {name:18s} {idle:9.1f} / {warm:9.1f}  (+{idle - warm:.1f} us)")
+    if args.builds:
+        time_builds(args.builds, args.rounds)
 
 
 if __name__ == "__main__":
