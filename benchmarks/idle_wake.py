@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 
 from compare_engines import settle  # noqa: E402
 
+from pipeline.errors import cli_main  # noqa: E402
+
 
 def one_parallel_loop(threads: int):
     """A compiled kernel whose only work is one parallel loop of `threads` tiny tasks."""
@@ -48,14 +50,15 @@ def one_parallel_loop(threads: int):
 PAUSE_S = 0.3  # longer than TVM's worker spins (~150 ms) before it parks
 
 
-def time_builds(folders: list[Path], rounds: int) -> None:
-    """Median ms per call of each build after each kind of gap (see the module docstring)."""
-    from pipeline.runner import Runner, aligned_input
+def time_builds(runners: dict, rounds: int) -> None:
+    """Median ms per call of each build (folder name -> `Runner`) after each kind of gap (see
+    the module docstring)."""
+    from pipeline.runner import aligned_input
 
-    runners = {str(f): Runner(f) for f in folders}
-    first = next(iter(runners.values()))
-    x = aligned_input(first.input_spec["shape"])
-    x[...] = np.random.default_rng(0).uniform(-1, 1, x.shape)
+    inputs = {}
+    for folder, runner in runners.items():  # each build's own input shape
+        inputs[folder] = aligned_input(runner.input_spec["shape"])
+        inputs[folder][...] = np.random.default_rng(0).uniform(-1, 1, inputs[folder].shape)
     other = np.ones(64 << 20, np.uint8)
 
     def busy():
@@ -67,12 +70,13 @@ def time_builds(folders: list[Path], rounds: int) -> None:
             f"{PAUSE_S} s busy": busy, f"{PAUSE_S} s asleep": lambda: time.sleep(PAUSE_S),
             "settle": settle}
     samples = {(f, g): [] for f in runners for g in gaps}
-    for runner in runners.values():
+    for folder, runner in runners.items():
         for _ in range(5):
-            runner.run(x)
+            runner.run(inputs[folder])
     for _ in range(rounds):
         for gap_name, gap in gaps.items():
             for folder, runner in runners.items():
+                x = inputs[folder]
                 runner.run(x)  # the gap follows a call, as between one engine's calls
                 gap()
                 start = time.perf_counter()
@@ -85,6 +89,7 @@ def time_builds(folders: list[Path], rounds: int) -> None:
             f"{np.median(samples[folder, g]):13.2f}" for g in gaps]))
 
 
+@cli_main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -92,9 +97,10 @@ def main() -> None:
     parser.add_argument("--builds", type=Path, nargs="*", default=[],
                         help="build folders (artifacts/build/<variant>) to time after each gap")
     args = parser.parse_args()
-    from pipeline.runner import set_threads
+    from pipeline.runner import Runner, set_threads
 
     set_threads(args.threads)
+    runners = {str(f): Runner(f) for f in args.builds}  # a bad folder fails before the probes
     weights = np.ones(4_700_000 // 4, np.float32)
 
     def python_loop():
@@ -119,8 +125,8 @@ def main() -> None:
     for name, s in samples.items():
         idle, warm = np.median(s["idle"]), np.median(s["warm"])
         print(f"  {name:18s} {idle:9.1f} / {warm:9.1f}  (+{idle - warm:.1f} us)")
-    if args.builds:
-        time_builds(args.builds, args.rounds)
+    if runners:
+        time_builds(runners, args.rounds)
 
 
 if __name__ == "__main__":
