@@ -10,10 +10,10 @@
 for target `cuda` into OUT/build/<variant> and writes OUT/inputs.npz: the labelled photos and the
 first `--crops` evaluation crops, their labels, and the logits for them of the CPU builds
 (artifacts/build/<variant>, the pipeline's target), of TVM's unscheduled CPU build (generic
-loops, which the int8 GPU build must match bit for bit: its sums are integer) and of Keras. `run` loads each GPU build
-with `pipeline.runner.Runner`, compares its logits with those (top-1 agreement, max
-|difference|, bit-identity) and times batch 1 with TVM's time evaluator (which waits for the
-GPU). It exits 1 when a GPU build's top-1 differs from its CPU build's on any input.
+loops, which the int8 GPU build must match bit for bit: its sums are integer) and of Keras.
+`run` loads each GPU build with `pipeline.runner.Runner`, compares its logits with those (top-1
+agreement, max |difference|, bit-identity) and times batch 1 with TVM's time evaluator (which
+waits for the GPU). It exits 1 when a GPU build's top-1 differs from its CPU build's on any input.
 """
 from __future__ import annotations
 
@@ -42,14 +42,16 @@ def prepare(out: Path, arch: str, n_crops: int, cuda_graph: bool | None) -> None
     from pipeline.relax_io import load_relax
     from pipeline.runner import Runner, set_threads
 
+    from compare_engines import conf  # beside this script
+
     cfg = params.load()
     set_threads(cfg["runtime"]["threads"])
-    target_cfg = {**_conf_target("cuda"), "arch": arch}
+    target_cfg = {**conf("target", "cuda"), "arch": arch}
     if cuda_graph is not None:
         target_cfg["cuda_graph"] = cuda_graph
-    for variant, source in VARIANTS.items():
+    modules = {variant: load_relax(ROOT / source) for variant, source in VARIANTS.items()}
+    for variant, (mod, weights) in modules.items():
         start = time.perf_counter()
-        mod, weights = load_relax(ROOT / source)
         with atomic_dir(out / "build" / variant) as folder:
             manifest = export(folder, mod, weights, target_cfg, variant)
         print(f"{variant}: built for {manifest['target']} in {time.perf_counter() - start:.1f} s",
@@ -58,8 +60,7 @@ def prepare(out: Path, arch: str, n_crops: int, cuda_graph: bool | None) -> None
     _, crops = data.crop_sets(cfg["dataset"])
     xs = np.concatenate([x_lab, data.crop_inputs(crops[:n_crops], cfg["model"])])
     reference = {f"cpu_{v}": Runner(ROOT / "artifacts/build" / v).run_batch(xs) for v in VARIANTS}
-    for variant, source in VARIANTS.items():  # TVM's unscheduled loops (bit-exact int8 check)
-        mod, weights = load_relax(ROOT / source)
+    for variant, (mod, weights) in modules.items():  # TVM's unscheduled loops (bit-exact int8)
         with tempfile.TemporaryDirectory() as tmp:
             export(tmp, mod, weights, {"name": "llvm", "kind": "llvm", "schedules": "none"},
                    variant)
@@ -71,12 +72,6 @@ def prepare(out: Path, arch: str, n_crops: int, cuda_graph: bool | None) -> None
                             cpu_target=np.array(cpu_target), **reference)
     print(f"{out / 'inputs.npz'}: {len(xs)} inputs ({len(names)} labelled photos, {n_crops} crops),"
           f" logits of {', '.join(reference)}")
-
-
-def _conf_target(name: str) -> dict:
-    import yaml
-
-    return yaml.safe_load((ROOT / "conf/target" / f"{name}.yaml").read_text())
 
 
 def run(out: Path, repeat: int) -> int:

@@ -17,7 +17,8 @@ from .atomic import write_json
 from .errors import TvmqError
 from .relax_import import op_counts
 from .relax_io import ENTRY, num_inputs, save_params, weight_params
-from .runner import CUDA_IEEE_OPTIONS, GPU_KINDS, device_name, register_cuda_compiler
+from .runner import (CUDA_IEEE_OPTIONS, GPU_KINDS, device_name, nvrtc_compiler,
+                     register_cuda_compiler)
 
 LIBRARY_FILE = "model.so"
 MANIFEST_FILE = "manifest.json"
@@ -63,8 +64,7 @@ def compile_cuda_kernels(source: str, target: tvm.target.Target) -> bytes:
     arch = str(target.attrs["arch"])
     compiler = cuda_compiler()
     if compiler == "nvrtc":
-        return bytes(nvcc.compile_cuda(source, target_format="cubin", arch=arch,
-                                       options=CUDA_IEEE_OPTIONS, compiler="nvrtc"))
+        return nvrtc_compiler(arch)(source)
     if compiler is None:
         raise TvmqError(f"target '{target.kind.name}' ({arch}): building needs a CUDA compiler, "
                         "nvcc on PATH (a CUDA toolkit, e.g. /usr/local/cuda/bin) or NVRTC "
@@ -99,8 +99,8 @@ def cuda_sources(executable) -> list[str]:
 def _export_cuda_kernels(folder: Path, executable, target: tvm.target.Target) -> list[dict]:
     """Compile the build's CUDA source here and store the GPU code beside `model.so`, keyed by
     the source's sha256: the GPU machine's `Runner` loads it instead of compiling (which took
-    13-15 s per load of EfficientNet-Lite0 on an H100, and needs NVRTC there). Compiling here also fails a bad kernel now,
-    not on the GPU machine."""
+    13-15 s per load of EfficientNet-Lite0 on an H100, and needs NVRTC there). Compiling here
+    also fails a bad kernel now, not on the GPU machine."""
     import hashlib
 
     kernels = []
