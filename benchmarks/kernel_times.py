@@ -81,14 +81,14 @@ def kernel_minimums(runner, x: np.ndarray, calls: int) -> tuple[dict[str, float]
             for name, seconds in spent.items():
                 best[name] = min(best.get(name, np.inf), seconds * 1e6)
     finally:
-        runner.vm.set_instrument(lambda *a: 0)
+        runner.vm.set_instrument(None)
     per_call = Counter({n: c for n, c in count.items() if not n.startswith("vm.builtin")})
     return {n: v for n, v in best.items() if n in per_call}, per_call
 
 
 def whole_call_medians(runners: list, xs: list, calls: int) -> list[float]:
-    """Median ms per call of each runner, the runners' calls interleaved (the first one
-    alternating) so that the machine's slow stretches hit each alike."""
+    """Median ms per call of each runner, the runners' calls interleaved (in turn, the order
+    reversed every other round) so that the machine's slow stretches hit each alike."""
     samples = [[] for _ in runners]
     for _ in range(WARMUP):
         for runner, x in zip(runners, xs):
