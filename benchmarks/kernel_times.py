@@ -186,7 +186,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="thread counts (one build; default 1 2) or the count (two builds; "
                              "default 2)")
-    parser.add_argument("--calls", type=int, default=40, help="instrumented calls per build")
+    parser.add_argument("--calls", type=int, default=40,
+                        help="instrumented calls per build, and timed whole calls (5x as many "
+                             "for two builds)")
     parser.add_argument("--top", type=int, default=25, help="kernels to list")
     args = parser.parse_args()
     if len(args.builds) > 2:
