@@ -53,12 +53,9 @@ PAUSE_S = 0.3  # longer than TVM's worker spins (~150 ms) before it parks
 def time_builds(runners: dict, rounds: int) -> None:
     """Median ms per call of each build (folder name -> `Runner`) after each kind of gap (see
     the module docstring)."""
-    from pipeline.runner import aligned_input
+    from kernel_times import random_input  # beside this script
 
-    inputs = {}
-    for folder, runner in runners.items():  # each build's own input shape
-        inputs[folder] = aligned_input(runner.input_spec["shape"])
-        inputs[folder][...] = np.random.default_rng(0).uniform(-1, 1, inputs[folder].shape)
+    inputs = {folder: random_input(runner, 0) for folder, runner in runners.items()}
     other = np.ones(64 << 20, np.uint8)
 
     def busy():

@@ -29,14 +29,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import numpy as np  # noqa: E402
+
+from compare_engines import interleaved  # noqa: E402
 
 from pipeline.errors import TvmqError, cli_main  # noqa: E402
 
 NAME_WIDTH = 60
-WARMUP = 10  # untimed calls first (a fresh process's first calls page in code and buffers)
+WARMUP = 10  # untimed calls (rounds) first: a fresh process's first calls page in code
 
 
 def random_input(runner, seed: int) -> np.ndarray:
@@ -86,20 +88,13 @@ def kernel_minimums(runner, x: np.ndarray, calls: int) -> tuple[dict[str, float]
     return {n: v for n, v in best.items() if n in per_call}, per_call
 
 
-def whole_call_medians(runners: list, xs: list, calls: int) -> list[float]:
-    """Median ms per call of each runner, the runners' calls interleaved (in turn, the order
-    reversed every other round) so that the machine's slow stretches hit each alike."""
-    samples = [[] for _ in runners]
-    for _ in range(WARMUP):
-        for runner, x in zip(runners, xs):
-            runner.run(x)
-    for i in range(calls):
-        order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
-        for k in order:
-            begin = time.perf_counter()
-            runners[k].run(xs[k])
-            samples[k].append(time.perf_counter() - begin)
-    return [float(np.median(s)) * 1e3 for s in samples]
+def whole_call_medians(runners: list, x: np.ndarray, calls: int) -> list[float]:
+    """Median ms per call of each runner on `x`, the runners' calls interleaved
+    (`compare_engines.interleaved`: each round's first runner rotates) so that the machine's
+    slow stretches hit each alike."""
+    engines = {str(i): runner.run for i, runner in enumerate(runners)}
+    samples = interleaved(engines, x, WARMUP, calls, wait=False)
+    return [float(np.median(samples[name])) for name in engines]
 
 
 def _row(name: str, calls, *cells) -> str:
@@ -114,7 +109,7 @@ def _time_in_process(folder: Path, threads: int, calls: int):
     set_threads(threads)
     runner = Runner(folder)
     x = random_input(runner, 0)
-    median = whole_call_medians([runner], [x], calls)[0]
+    median = whole_call_medians([runner], x, calls)[0]
     return (median, *kernel_minimums(runner, x, calls))
 
 
@@ -160,7 +155,7 @@ def two_builds(folders: list[Path], threads: int, calls: int, top: int) -> None:
                     for x in (random_input(a, seed) for seed in range(1, 5)))
     print(f"logits bit-identical on 4 random inputs: {'yes' if identical else 'NO'}")
     x = random_input(a, 0)
-    ma, mb = whole_call_medians([a, b], [x, x], calls * 5)
+    ma, mb = whole_call_medians([a, b], x, calls * 5)
     print(f"whole call median ({threads} threads, {calls * 5} interleaved calls each): "
           f"A {ma:.3f} ms, B {mb:.3f} ms, A/B {ma / mb:.3f}x (>1: B faster)")
     ta, counts = kernel_minimums(a, x, calls)
