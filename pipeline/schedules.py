@@ -27,6 +27,12 @@ POSITIONS_OUTER_MIN = 28 * 28  # flat map positions; see schedule_packed_conv
 EXPANSION_WEIGHT_BYTES = 16 * 1024
 EXPANSION_OUTPUT_BYTES = 512 * 1024
 AMX_FUSED_EPILOGUE_MIN = 14 * 14  # output positions; see schedule_packed_conv_amx
+# Depthwise convs unfolding in registers (`_schedule_unfolded_row_blocks`): output rows per
+# tile, the first that divides the map's rows (8 against 4 rows: 1.05-1.13x; 16 rows or 16
+# accumulators no faster), and at most this many 16-lane accumulators (rows x vectors; 16:
+# 4 rows x 4 vectors at 56x56 0.94x, spilling)
+ROW_BLOCKS = (8, 7, 4, 2, 1)
+ROW_BLOCK_ACCUMULATORS = 8
 
 
 def _extent(sch, loop) -> int | None:
@@ -131,7 +137,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     (depthwise: each channel tile copies its own rows inside its task).
     """
     from . import packed_conv as pc
-    from .vnni import INTERLEAVE, INTRIN, INTRIN_STACK, INTRIN_UNFOLDED, UNFOLDS
+    from .vnni import INTERLEAVE, INTRIN, INTRIN_STACK, UNFOLDS
 
     conv, pack = blocks[names.index(pc.CONV_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
     # The crop and every fused elementwise op become one epilogue block: the last one.
@@ -159,6 +165,10 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     if on_stack:
         vectors = 1
     out_channels = _extent(sch, o)
+    if pack_in_tile and vnni and _unfold_in_registers(sch, sch.get(pack).annotations, red,
+                                                      columns):
+        _schedule_unfolded_row_blocks(sch, blocks, names, channels)
+        return
     local = sch.cache_write(conv, 0, "global" if on_stack else "local")
     ocb, oci = sch.split(o, [None, channels])
     xo, xv, xi = sch.split(x, [None, vectors, pc.LANES])
@@ -185,10 +195,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     if in_task:  # each position block interleaves its own input block, tensorized below
         sch.compute_at(pack, outer)
     copy_notes = sch.get(pack).annotations
-    in_registers = pack_in_tile and vnni and _unfold_in_registers(sch, copy_notes, red, columns)
-    if in_registers:
-        sch.compute_inline(pack)  # the conv reads the padded rows (`vnni.INTRIN_UNFOLDED`)
-    elif pack_in_tile:
+    if pack_in_tile:
         sch.compute_at(pack, outer)
     if pack_in_tile:
         if pc.PAD_BLOCK in names:
@@ -220,11 +227,7 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         sch.vectorize(xi)  # before decompose_reduction: a reduction block may be vectorized
     init = sch.decompose_reduction(conv, red[0])
     if vnni:
-        if in_registers:
-            sch.tensorize(xi, INTRIN_UNFOLDED[int(copy_notes[pc.UNFOLD_ATTR]),
-                                              "global" if on_stack else "local"])
-        else:
-            sch.tensorize(xi, INTRIN_STACK if on_stack else INTRIN)
+        sch.tensorize(xi, INTRIN_STACK if on_stack else INTRIN)
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
     if flat == pc.FLAT_PADDED:
@@ -241,8 +244,6 @@ def schedule_packed_conv(sch, blocks, names) -> None:
         # interleaved load group LLVM vectorizes (int8: stride 1 1.5x, stride 2 1.7-3.3x;
         # float32 1.6-2x faster than TVM's vectorized gather). uint8 rows are then unfolded,
         # 16 columns x 4 taps per shuffle (`vnni.UNFOLDS`).
-        if in_registers:
-            return
         loops = sch.get_loops(pack)[1:]  # inside the channel tile
         if pc.UNFOLD_ATTR in copy_notes:  # (channel, [row,] group, column, 4)
             lanes = int(copy_notes.get(pc.UNFOLD_LANES_ATTR, pc.LANES))
@@ -264,6 +265,48 @@ def schedule_packed_conv(sch, blocks, names) -> None:
             pc.TRANSPOSE_BLOCK, pc.PAD_BLOCK)), pack)
     else:
         schedule_block(sch, pack)
+
+
+def _schedule_unfolded_row_blocks(sch, blocks, names, channels: int) -> None:
+    """A uint8 depthwise conv that unfolds its padded rows in registers (`_unfold_in_registers`,
+    `vnni.INTRIN_UNFOLDED`): tiles of up to 8 output rows x 1-4 vectors of one channel, every
+    kernel tap unrolled, so the unfolds of an input row that several output rows of the tile
+    read are one computation (LLVM merges the identical loads and shuffles): 10 unfolds for 8
+    output rows of a 3x3 kernel instead of 24. Channel tiles run in parallel, each padding its
+    channels' rows first; each finished block of rows runs the epilogue. Against 8 channels x
+    one vector per tile (3x3 only) or an unfolded copy (5x5, rows of one vector), inside
+    EfficientNet-Lite0 int8 (its 12 depthwise kernels, 2 threads): 112x112 and 56x56 1.24-1.32x,
+    stride 2 from 112x112 1.12x, 5x5 at 28x28 1.24-1.29x (stride 2 from 56x56 1.18-1.27x), 5x5
+    at 14x14 1.26-1.28x, 3x3 at 14x14 1.09-1.10x; the whole model 1.04-1.05x."""
+    from . import packed_conv as pc
+    from .vnni import INTRIN_UNFOLDED
+
+    conv, pack = blocks[names.index(pc.CONV_BLOCK)], blocks[names.index(pc.PACK_BLOCK)]
+    epilogue = blocks[-1]
+    stride = int(sch.get(pack).annotations[pc.UNFOLD_ATTR])
+    n, o, y, x, ry, rg, rt = sch.get_loops(conv)
+    rows, vectors = _extent(sch, y), _extent(sch, x) // pc.LANES
+    block_rows = next(r for r in ROW_BLOCKS if rows % r == 0)
+    block_vectors = next(v for v in (4, 2, 1)
+                         if vectors % v == 0 and v * block_rows <= ROW_BLOCK_ACCUMULATORS)
+    local = sch.cache_write(conv, 0, "global")  # the tile's sums: a stack buffer, in registers
+    ocb, oci = sch.split(o, [None, channels])
+    yo, yi = sch.split(y, [None, block_rows])
+    xo, xv, xi = sch.split(x, [None, block_vectors, pc.LANES])
+    sch.reorder(n, ocb, oci, yo, xo, ry, rg, yi, xv, xi, rt)
+    outer = sch.fuse(n, ocb)
+    sch.parallel(outer)
+    sch.reverse_compute_at(local, xo)
+    sch.compute_inline(pack)  # the conv reads the padded rows, unfolding them as it goes
+    sch.compute_at(blocks[names.index(pc.PAD_BLOCK)], outer)
+    sch.reverse_compute_at(epilogue, yo)
+    for loop in (ry, rg, yi, xv):
+        sch.unroll(loop)
+    init = sch.decompose_reduction(conv, ry)
+    sch.tensorize(xi, INTRIN_UNFOLDED[stride])
+    _vectorize_inner(sch, init)
+    _vectorize_inner(sch, local)
+    _vectorize_ragged(sch, epilogue)
 
 
 def _schedule_phase_split_nhwc(sch, transpose, pad, pack) -> None:
@@ -307,20 +350,21 @@ def _small_expansion(in_channels: int, out_channels: int, positions: int) -> boo
 
 
 def _unfold_in_registers(sch, copy_notes, red, columns: int) -> bool:
-    """Whether a depthwise conv unfolds its rows in registers instead of into a copy: 16-lane
-    rows (stride 1 or 2) of at least two vectors and one group of 4 kernel columns (3x3).
-    The copy of such a layer is large (a task's 8 channels of EfficientNet-Lite0's 112x112
-    map unfold to 408 KB), and writing it costs more than the shuffles: alone 1.06-1.16x at
-    112x112, 1.20x at 56x56, stride 2 from 112x112 1.11-1.23x. 5x5 kernels (two groups, each
-    unfold used 2.5-5 times) and rows of one vector keep the copy (0.91-1.02x)."""
+    """Whether a uint8 depthwise conv unfolds its rows in registers instead of into a copy
+    (`_schedule_unfolded_row_blocks`): 16-lane rows, kernels up to 8 columns wide (two groups
+    of 4), stride 1, or stride 2 over rows of at least two vectors. The copy of a large map is
+    large (a task's 8 channels of EfficientNet-Lite0's 112x112 map unfold to 408 KB) and
+    writing it costs more than the shuffles, and with row blocks each in-register unfold
+    serves several output rows. Stride 2 to rows of one vector keeps the copy (240 channels,
+    28x28 to 14x14: 0.76x); so do half rows (7x7 maps)."""
     from . import packed_conv as pc
 
     stride = int(copy_notes.get(pc.UNFOLD_ATTR, 0))
     lanes = int(copy_notes.get(pc.UNFOLD_LANES_ATTR, pc.LANES))
-    if stride not in (1, 2) or lanes != pc.LANES or columns < 2 * pc.LANES:
+    if stride not in (1, 2) or lanes != pc.LANES or columns < stride * pc.LANES:
         return False
     _, column_groups, _ = red  # kernel rows, groups of 4 kernel columns, the 4 columns
-    return _extent(sch, column_groups) == 1
+    return _extent(sch, column_groups) <= 2
 
 
 def _schedule_interleaved_copy(sch, blocks, names, pack) -> None:

@@ -238,15 +238,15 @@ UNFOLDS = {(16, 1): UNFOLD, (16, 2): UNFOLD_STRIDE2, (8, 1): UNFOLD_HALF,
            (8, 2): UNFOLD_HALF_STRIDE2}  # (lanes, stride)
 
 
-def _vnni_unfolded(scope: str, stride: int):
-    """`INTRIN` on a row instead of an unfolded copy: lane x multiplies bytes
+def _vnni_unfolded(stride: int):
+    """`INTRIN_STACK` on a row instead of an unfolded copy: lane x multiplies bytes
     stride*x .. stride*x+3 of `a` (`_unfolded` in registers) by the 4 broadcast weights."""
     span = 15 * stride + 4
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((span,), "uint8", offset_factor=1),
              b: T.Buffer((4,), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1, scope=scope)) -> None:
+             c: T.Buffer((16,), "int32", offset_factor=1, scope="global")) -> None:
         with T.sblock("root"):
             T.reads(c[0:16], a[0:span], b[0:4])
             T.writes(c[0:16])
@@ -259,7 +259,7 @@ def _vnni_unfolded(scope: str, stride: int):
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((span,), "uint8", offset_factor=1),
              b: T.Buffer((4,), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1, scope=scope)) -> None:
+             c: T.Buffer((16,), "int32", offset_factor=1, scope="global")) -> None:
         with T.sblock("root"):
             T.reads(c[0:16], a[0:span], b[0:4])
             T.writes(c[0:16])
@@ -270,11 +270,10 @@ def _vnni_unfolded(scope: str, stride: int):
     return desc, impl
 
 
-# (column stride, accumulator scope) -> the intrinsic's name
-INTRIN_UNFOLDED = {(stride, scope): f"tvmq_vnni_u8unfold_s{stride}_s8bcast_16x4_{scope}"
-                   for stride in (1, 2) for scope in ("local", "global")}
-for (_stride, _scope), _name in INTRIN_UNFOLDED.items():
-    TensorIntrin.register(_name, *_vnni_unfolded(_scope, _stride), override=True)
+# column stride -> the intrinsic's name (accumulators in a "global" stack tile)
+INTRIN_UNFOLDED = {stride: f"tvmq_vnni_u8unfold_s{stride}_s8bcast_16x4" for stride in (1, 2)}
+for _stride, _name in INTRIN_UNFOLDED.items():
+    TensorIntrin.register(_name, *_vnni_unfolded(_stride), override=True)
 
 
 INTRIN_DENSE = "tvmq_vnni_u8bcast_s8vec_16x4"

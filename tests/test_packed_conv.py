@@ -63,6 +63,8 @@ CASES = [
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
     (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short
     (16, 16, 19, 3, 2, 1, 16),     # depthwise 3x3 stride 2 to 10 columns (int8: unfolded rows)
+    (16, 16, 16, 3, 1, 1, 16),     # depthwise 3x3, 16 rows of one vector (int8: blocks of 8 rows)
+    (8, 8, 40, 5, 2, 2, 8),        # depthwise 5x5 stride 2 to 20x20 (int8: 4 rows x 2 vectors)
     (8, 8, 40, 3, 2, 1, 8),        # the same to 20 columns: two column blocks per row
 ]
 
@@ -292,17 +294,23 @@ def test_int8_depthwise_unfolds_rows_of_stride_one_or_two(size, stride, kernel):
         assert unfolds == []
 
 
-@pytest.mark.parametrize("size,stride,kernel,in_registers", [
-    (40, 1, 3, True), (40, 2, 3, True), (17, 1, 3, True), (14, 1, 3, False), (19, 2, 3, False),
-    (40, 1, 5, False), (7, 1, 3, False)])
-def test_int8_depthwise_3x3_on_wide_rows_unfolds_in_registers(size, stride, kernel,
-                                                              in_registers):
-    """A uint8 3x3 depthwise conv over rows of at least two 16-lane vectors (stride 1 or 2)
-    unfolds its padded rows in registers (`vnni.INTRIN_UNFOLDED`): its kernel has no unfolded
-    copy. 5x5 kernels, rows of one vector and half rows keep the copy."""
+@pytest.mark.parametrize("size,stride,kernel,rows", [
+    (40, 1, 3, 8), (40, 2, 3, 4), (17, 1, 3, 1), (14, 1, 3, 7), (14, 1, 5, 7), (40, 1, 5, 8),
+    (36, 2, 5, 2), (19, 2, 3, 0), (7, 1, 3, 0), (14, 1, 9, 0)])
+def test_int8_depthwise_on_16_lane_rows_unfolds_in_registers_by_row_blocks(size, stride,
+                                                                           kernel, rows):
+    """A uint8 depthwise conv over 16-lane rows (stride 1, or stride 2 over rows of two vectors
+    or more; kernels up to 8 columns wide) unfolds its padded rows in registers
+    (`vnni.INTRIN_UNFOLDED`): its kernel has no unfolded copy, and each tile is a block of
+    `rows` output rows (the first of 8, 7, 4, 2, 1 dividing the map's rows), unrolled so that
+    the rows share their input rows' unfolds. Stride 2 to rows of one vector, half rows (7x7)
+    and 9-column kernels keep the copy (rows 0)."""
     script = _scheduled_kernel(conv_model(True, 8, 8, size, kernel, stride, kernel // 2, 8))
-    assert (PACK_BLOCK not in script) == in_registers
+    assert (PACK_BLOCK not in script) == bool(rows)
     assert "vpdpbusd" in script
+    if rows:
+        unrolled = [int(n) for n in re.findall(r"T.unroll\(T.int64\((\d+)\)\)", script)]
+        assert rows in unrolled or rows == 1
 
 
 @pytest.mark.parametrize("int8,size,rest", [
