@@ -446,7 +446,7 @@ def schedule_packed_dense(sch, blocks, names) -> None:
     instruction per 4 inputs), tiles in parallel; the fused epilogue (bias, dequantize) runs
     as its own parallel vector loop."""
     from . import packed_conv as pc
-    from .vnni import INTRIN_DENSE
+    from .vnni import INTRIN_DENSE, transposed_store
 
     dense = blocks[names.index(pc.DENSE_BLOCK)]
     vnni = pc.PACK_BLOCK in names  # uint8: inputs grouped by 4
@@ -480,7 +480,7 @@ def schedule_packed_channel_tiles(sch, blocks, names) -> None:
     (the position's 4 bytes broadcast); tiles in parallel, each storing its finished tile NCHW
     through the fused epilogue."""
     from . import packed_conv as pc
-    from .vnni import INTRIN_DENSE
+    from .vnni import INTRIN_DENSE, transposed_store
 
     conv = blocks[names.index(pc.CONV_BLOCK)]
     for block in blocks[names.index(pc.CROP_BLOCK):-1]:
@@ -496,7 +496,11 @@ def schedule_packed_channel_tiles(sch, blocks, names) -> None:
     tiles = sch.fuse(n, ob, po)
     sch.parallel(tiles)
     sch.reverse_compute_at(local, tiles)
+    transposed = _stores_tile_transposed(sch, epilogue, tile, vectors * pc.LANES)
     _iterate_flat_positions(sch, epilogue)  # its region within a tile: the tile's positions
+    if transposed:  # the epilogue writes a [positions, channels] staging tile
+        staged = sch.cache_write(epilogue, 0, "global")
+        sch.transform_layout(epilogue, ("write", 0), lambda nn, c, y, x: (nn, y, x, c))
     sch.reverse_compute_at(epilogue, tiles)
     sch.unroll(pi)
     sch.unroll(ov)
@@ -504,8 +508,28 @@ def schedule_packed_channel_tiles(sch, blocks, names) -> None:
     sch.tensorize(oi, INTRIN_DENSE)
     _vectorize_inner(sch, init)
     _vectorize_inner(sch, local)
+    if transposed:  # channels in the epilogue's lanes, then the transposing store
+        sch.reverse_compute_at(staged, tiles)
+        *_, channel, position = sch.get_loops(epilogue)
+        sch.reorder(position, channel)
+        *_, channel, _ = sch.get_loops(staged)
+        sch.tensorize(sch.split(channel, [None, pc.LANES])[1], transposed_store(tile))
     _vectorize_inner(sch, epilogue)
     _schedule_interleaved_copy(sch, blocks, names, blocks[names.index(pc.PACK_BLOCK)])
+
+
+def _stores_tile_transposed(sch, epilogue, tile: int, block_channels: int) -> bool:
+    """Whether a channel-lane tile's epilogue runs over channels and stores through
+    `vnni.transposed_store`: its tiles lie within one output row, its channel blocks are
+    whole, and it reads no other map (a residual add's input would then be read across
+    channels, a gather). Otherwise each channel's positions are gathered from the tile. Inside
+    EfficientNet-Lite0 int8, 7x7 expansions 192 -> 1152 and 320 -> 1280 1.08-1.12x (2
+    threads), the whole call 1.010-1.015x; bit-identical."""
+    block = sch.get(epilogue)
+    _, channels, _, width = (int(v.dom.extent) for v in block.iter_vars)
+    shapes = [[int(d) for d in r.source.shape] for r in block.reads]
+    maps = [shape for shape in shapes if len(shape) == 4 and shape[2] * shape[3] > 1]
+    return width % tile == 0 and channels % block_channels == 0 and not maps
 
 
 class PackedConvSchedule(dl.ScheduleRule):

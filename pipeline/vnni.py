@@ -23,6 +23,9 @@ unfolded copy.
 `INTRIN_DENSE`: the same instruction the other way round, for a dense layer at batch 1: 4 input
 bytes broadcast (uint8) times 16 output columns x 4 weight bytes (int8, packed `[16 x 4]`),
 accumulating into a stack tile.
+
+`transposed_store(P)`: a `[P, 16]` uint8 tile (positions x channels, as a channel-lane
+kernel's epilogue computes it) stored as 16 NCHW rows of P bytes: unpacks, then masked stores.
 """
 from __future__ import annotations
 
@@ -304,3 +307,71 @@ def _dense_impl(a: T.Buffer((4,), "uint8", offset_factor=1),
 
 
 TensorIntrin.register(INTRIN_DENSE, _dense_desc, _dense_impl, override=True)
+
+
+def _interleave_halves(a, b, width: int, high: bool):
+    """x86 `punpckl*`/`punpckh*` on 16-byte vectors: the low (or high) halves of `a` and `b`
+    interleaved in `width`-byte elements, as one two-source shuffle LLVM lowers to it."""
+    first = 8 // width if high else 0
+    indices = []
+    for k in range(first, first + 8 // width):
+        indices += [k * width + j for j in range(width)]
+        indices += [16 + k * width + j for j in range(width)]
+    return T.Shuffle([a, b], indices)
+
+
+@functools.cache
+def transposed_store(positions: int) -> str:
+    """Register and name the store of a `[positions, 16]` uint8 tile (16 channels per position,
+    as an epilogue vectorized over channels leaves it) into `[16, positions]` rows (NCHW):
+    the 8x16 byte transpose as three rounds of byte, word and dword unpacks, then one masked
+    store of `positions` bytes per channel (`llvm.masked.store`, AVX512BW's `vmovdqu8`; a
+    plain 8-byte store would overwrite the next row, which another task may own)."""
+    assert 1 <= positions <= 8
+
+    @T.prim_func(s_tir=True)
+    def desc(a_handle: T.handle, d_handle: T.handle) -> None:
+        sa = T.int64()
+        sd = T.int64()
+        sy = T.int64()
+        a = T.match_buffer(a_handle, (positions, 16), "uint8", strides=[sa, 1], offset_factor=1)
+        d = T.match_buffer(d_handle, (16, 1, positions), "uint8", strides=[sd, sy, 1],
+                           offset_factor=1)
+        with T.sblock("root"):
+            T.reads(a[0:positions, 0:16])
+            T.writes(d[0:16, 0, 0:positions])
+            for c, x in T.grid(16, positions):
+                with T.sblock("store"):
+                    vc, vx = T.axis.remap("SS", [c, x])
+                    d[vc, 0, vx] = a[vx, vc]
+
+    @T.prim_func(s_tir=True)
+    def impl(a_handle: T.handle, d_handle: T.handle) -> None:
+        sa = T.int64()
+        sd = T.int64()
+        sy = T.int64()
+        a = T.match_buffer(a_handle, (positions, 16), "uint8", strides=[sa, 1], offset_factor=1)
+        d = T.match_buffer(d_handle, (16, 1, positions), "uint8", strides=[sd, sy, 1],
+                           offset_factor=1)
+        with T.sblock("root"):
+            T.reads(a[0:positions, 0:16])
+            T.writes(d[0:16, 0, 0:positions])
+            zero = T.Broadcast(T.uint8(0), 16)
+            rows = [a[x, T.ramp(0, 1, 16)] for x in range(positions)] + [zero] * (8 - positions)
+            # 1-, 2- and 4-byte unpack rounds: octs[k] holds channels 2k and 2k+1, 8 bytes each
+            pairs = [_interleave_halves(rows[2 * i], rows[2 * i + 1], 1, high)
+                     for high in (False, True) for i in range(4)]
+            quads = [_interleave_halves(pairs[4 * h + 2 * i], pairs[4 * h + 2 * i + 1], 2, high)
+                     for h in range(2) for high in (False, True) for i in range(2)]
+            octs = [_interleave_halves(quads[2 * q], quads[2 * q + 1], 4, high)
+                    for q in range(4) for high in (False, True)]
+            rows_out = T.alloc_buffer((128,), "uint8", scope="local")
+            rows_out[0:128] = T.Shuffle(octs, list(range(128)))  # channel c at bytes 8c..8c+7
+            for c in T.unroll(16):
+                T.evaluate(T.call_llvm_intrin(
+                    "void", "llvm.masked.store", rows_out[T.ramp(c * 8, 1, 8)],
+                    T.address_of(d[c, 0, 0]), T.ramp(0, 1, 8) < positions))
+
+    name = f"tvmq_transposed_store_{positions}x16_u8"
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name

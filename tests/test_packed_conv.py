@@ -65,6 +65,9 @@ CASES = [
     (16, 16, 19, 3, 2, 1, 16),     # depthwise 3x3 stride 2 to 10 columns (int8: unfolded rows)
     (16, 16, 16, 3, 1, 1, 16),     # depthwise 3x3, 16 rows of one vector (int8: blocks of 8 rows)
     (8, 8, 40, 5, 2, 2, 8),        # depthwise 5x5 stride 2 to 20x20 (int8: 4 rows x 2 vectors)
+    (40, 48, 7, 1, 1, 0, 1),       # 1x1 on 7x7 (int8: channel lanes, stored transposed)
+    (16, 40, 7, 1, 1, 0, 1),       # the same, 40 channels: a partial block (int8: gathered)
+    (16, 32, 2, 1, 1, 0, 1),       # 2x2 map (int8: a tile of 4 positions spans both rows)
     (8, 8, 40, 3, 2, 1, 8),        # the same to 20 columns: two column blocks per row
 ]
 
@@ -311,6 +314,20 @@ def test_int8_depthwise_on_16_lane_rows_unfolds_in_registers_by_row_blocks(size,
     if rows:
         unrolled = [int(n) for n in re.findall(r"T.unroll\(T.int64\((\d+)\)\)", script)]
         assert rows in unrolled or rows == 1
+
+
+@pytest.mark.parametrize("c,o,size,k,residual,transposed", [
+    (32, 48, 7, 1, False, True), (24, 32, 10, 5, False, True), (32, 48, 7, 1, True, False),
+    (16, 40, 7, 1, False, False), (16, 32, 2, 1, False, False)])
+def test_int8_channel_tiles_store_through_a_transposed_tile(c, o, size, k, residual,
+                                                            transposed):
+    """A uint8 conv with output channels in the lanes (7x7 1x1, a 5x5 over rows of 10) runs its
+    epilogue over 16 channels at a time and stores the tile transposed with masked stores
+    (`vnni.transposed_store`), unless it adds a residual map (read across channels, a gather),
+    its last channel block is partial (40 channels) or a tile spans two rows (2x2 map)."""
+    script = _scheduled_kernel(conv_model(True, c, o, size, k, 1, k // 2, 1, residual=residual))
+    assert ("llvm.masked.store" in script) == transposed
+    assert "vpdpbusd" in script
 
 
 @pytest.mark.parametrize("int8,size,rest", [
