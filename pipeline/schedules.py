@@ -521,15 +521,18 @@ def schedule_packed_channel_tiles(sch, blocks, names) -> None:
 def _stores_tile_transposed(sch, epilogue, tile: int, block_channels: int) -> bool:
     """Whether a channel-lane tile's epilogue runs over channels and stores through
     `vnni.transposed_store`: its tiles lie within one output row, its channel blocks are
-    whole, and it reads no other map (a residual add's input would then be read across
-    channels, a gather). Otherwise each channel's positions are gathered from the tile. Inside
-    EfficientNet-Lite0 int8, 7x7 expansions 192 -> 1152 and 320 -> 1280 1.08-1.12x (2
-    threads), the whole call 1.010-1.015x; bit-identical."""
+    whole, it writes uint8 (not a float or int32 output) and it reads no other map (a
+    residual add's input would then be read across channels, a gather). Otherwise each
+    channel's positions are gathered from the tile. Inside EfficientNet-Lite0 int8, 7x7
+    expansions 192 -> 1152 and 320 -> 1280 1.08-1.12x (2 threads), the whole call
+    1.010-1.015x; bit-identical."""
     block = sch.get(epilogue)
     _, channels, _, width = (int(v.dom.extent) for v in block.iter_vars)
     shapes = [[int(d) for d in r.source.shape] for r in block.reads]
     maps = [shape for shape in shapes if len(shape) == 4 and shape[2] * shape[3] > 1]
-    return width % tile == 0 and channels % block_channels == 0 and not maps
+    (written,) = block.writes
+    return (width % tile == 0 and channels % block_channels == 0 and not maps
+            and str(written.source.ty.dtype) == "uint8")
 
 
 class PackedConvSchedule(dl.ScheduleRule):

@@ -316,16 +316,20 @@ def test_int8_depthwise_on_16_lane_rows_unfolds_in_registers_by_row_blocks(size,
         assert rows in unrolled or rows == 1
 
 
-@pytest.mark.parametrize("c,o,size,k,residual,transposed", [
-    (32, 48, 7, 1, False, True), (24, 32, 10, 5, False, True), (32, 48, 7, 1, True, False),
-    (16, 40, 7, 1, False, False), (16, 32, 2, 1, False, False)])
+@pytest.mark.parametrize("c,o,size,k,residual,activation,transposed", [
+    (32, 48, 7, 1, False, True, True), (24, 32, 10, 5, False, True, True),
+    (32, 48, 7, 1, True, True, False), (32, 48, 7, 1, False, False, False),
+    (16, 40, 7, 1, False, True, False), (16, 32, 2, 1, False, True, False)])
 def test_int8_channel_tiles_store_through_a_transposed_tile(c, o, size, k, residual,
-                                                            transposed):
+                                                            activation, transposed):
     """A uint8 conv with output channels in the lanes (7x7 1x1, a 5x5 over rows of 10) runs its
     epilogue over 16 channels at a time and stores the tile transposed with masked stores
     (`vnni.transposed_store`), unless it adds a residual map (read across channels, a gather),
-    its last channel block is partial (40 channels) or a tile spans two rows (2x2 map)."""
-    script = _scheduled_kernel(conv_model(True, c, o, size, k, 1, k // 2, 1, residual=residual))
+    writes no uint8 (int32 here; ResNet50's last conv writes float32), its last channel block
+    is partial (40 channels) or a tile spans two rows (2x2 map). Either way the packed rule
+    schedules it (no generic fallback)."""
+    script = _scheduled_kernel(conv_model(True, c, o, size, k, 1, k // 2, 1, residual=residual,
+                                          activation=activation))
     assert ("llvm.masked.store" in script) == transposed
     assert "vpdpbusd" in script
 
