@@ -197,7 +197,6 @@ def schedule_packed_conv(sch, blocks, names) -> None:
     copy_notes = sch.get(pack).annotations
     if pack_in_tile:
         sch.compute_at(pack, outer)
-    if pack_in_tile:
         if pc.PAD_BLOCK in names:
             sch.compute_at(blocks[names.index(pc.PAD_BLOCK)], outer)
         if pc.WIDE_WEIGHT_BLOCK in names:  # the tile's taps, widened once (a stack buffer)
@@ -446,7 +445,7 @@ def schedule_packed_dense(sch, blocks, names) -> None:
     instruction per 4 inputs), tiles in parallel; the fused epilogue (bias, dequantize) runs
     as its own parallel vector loop."""
     from . import packed_conv as pc
-    from .vnni import INTRIN_DENSE, transposed_store
+    from .vnni import INTRIN_DENSE
 
     dense = blocks[names.index(pc.DENSE_BLOCK)]
     vnni = pc.PACK_BLOCK in names  # uint8: inputs grouped by 4
