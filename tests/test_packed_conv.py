@@ -63,12 +63,12 @@ CASES = [
     (40, 40, 20, 5, 2, 2, 40),     # depthwise 5x5 stride 2
     (16, 16, 15, 3, 2, 1, 16),     # depthwise 3x3 stride 2, odd width: last phase is short
     (16, 16, 19, 3, 2, 1, 16),     # depthwise 3x3 stride 2 to 10 columns (int8: unfolded rows)
+    (8, 8, 40, 3, 2, 1, 8),        # the same to 20 columns: two column blocks per row
     (16, 16, 16, 3, 1, 1, 16),     # depthwise 3x3, 16 rows of one vector (int8: blocks of 8 rows)
     (8, 8, 40, 5, 2, 2, 8),        # depthwise 5x5 stride 2 to 20x20 (int8: 4 rows x 2 vectors)
     (40, 48, 7, 1, 1, 0, 1),       # 1x1 on 7x7 (int8: channel lanes, stored transposed)
     (16, 40, 7, 1, 1, 0, 1),       # the same, 40 channels: a partial block (int8: gathered)
     (16, 32, 2, 1, 1, 0, 1),       # 2x2 map (int8: a tile of 4 positions spans both rows)
-    (8, 8, 40, 3, 2, 1, 8),        # the same to 20 columns: two column blocks per row
 ]
 
 
